@@ -107,6 +107,17 @@ class Graph:
     return self.replace(graph=g)
 
 
+def _int_array(a, what: str, name: str) -> np.ndarray:
+  """``a`` flattened to int64; raises if it holds non-integral or non-finite values."""
+  a = np.asarray(a).reshape(-1)
+  if a.size and not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+    if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)) or np.any(
+        a != np.round(a)):
+      raise ValueError(f"{name}: {what} must hold integers, got non-integral values "
+                       f"(dtype {a.dtype})")
+  return a.astype(np.int64)
+
+
 def make_graph(
     x,
     senders,
@@ -148,8 +159,8 @@ def make_graph(
     raise ValueError(f"{name}: features contain NaN or inf (first at node {bad[0]}, "
                      f"feature {bad[1]})")
   n = x.shape[0]
-  senders = np.asarray(senders).astype(np.int64).reshape(-1)
-  receivers = np.asarray(receivers).astype(np.int64).reshape(-1)
+  senders = _int_array(senders, "senders", name)
+  receivers = _int_array(receivers, "receivers", name)
   if senders.shape != receivers.shape:
     raise ValueError(f"{name}: senders {senders.shape} and receivers {receivers.shape} differ")
   for what, idx in (("senders", senders), ("receivers", receivers)):
@@ -163,7 +174,7 @@ def make_graph(
                      f"{senders.shape}")
   if not np.all(np.isfinite(edge_weight)):
     raise ValueError(f"{name}: edge weights contain NaN or inf")
-  labels = np.asarray(labels).astype(np.int64).reshape(-1)
+  labels = _int_array(labels, "labels", name)
   if labels.shape != (n,):
     raise ValueError(f"{name}: labels have shape {labels.shape}, expected ({n},)")
   if num_classes is None:
