@@ -1,0 +1,153 @@
+"""The layer stack shared by the message-passing models, and the model input/output plumbing.
+
+A model with ``K = config.num_layers`` layers computes (PyG style)::
+
+  h_0 = x
+  z_k = conv_k(dropout(h_{k-1}), A)                  # dropout only with train=True
+  h_k = act(z_k) [+ P_k h_{k-1}]    for k < K        # residual (config.residual) on hidden layers
+  h_K = z_K                                          # logits, no activation
+
+``P_k`` is the identity when ``h_{k-1}`` and ``h_k`` have the same width, else a bias-free
+``Dense`` (named ``residual_{k-1}``); it acts on the undropped ``h_{k-1}``. Layer ``k`` is the
+submodule ``layer_{k-1}`` and ``ModelOutput.activations[k-1] = h_k``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+
+from jmeta.graph import Graph
+from jmeta.models.config import ModelConfig
+from jmeta.models.propagate import DenseAdj, EdgeList, Structure
+
+Array = jnp.ndarray
+
+# PyG initialisers: glorot for GCN/Cheb/GAT weights; torch.nn.Linear's default
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for SAGE/GIN. Biases start at zero.
+glorot = nn.initializers.xavier_uniform()
+torch_linear = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class ModelOutput(NamedTuple):
+  """Per-layer activations and logits.
+
+  Attributes:
+    activations: ``K`` arrays, ``activations[k-1] = h^(k)``, ``[n, width_k]``; for ``k < K``
+      after the nonlinearity (and residual); ``activations[K-1]`` is the logits.
+    logits: ``[n, num_classes]``, the same array as ``activations[-1]``.
+  """
+
+  activations: tuple
+  logits: Array
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  """``"relu"`` -> ``jax.nn.relu``, ``"elu"`` -> ``jax.nn.elu``."""
+  fns = {"relu": jax.nn.relu, "elu": jax.nn.elu}
+  if name not in fns:
+    raise ValueError(f"unknown activation {name!r}; expected one of {tuple(fns)}")
+  return fns[name]
+
+
+def model_inputs(graph: Union[Graph, jraph.GraphsTuple],
+                 adj: Optional[Array]) -> tuple[Array, Structure]:
+  """Features ``x: [n, d]`` and the structure: the graph's edges, or ``adj: [n, n]`` if given.
+
+  Raises:
+    ValueError: if ``adj`` is not ``[n, n]`` or features are not ``[n, d]``.
+  """
+  gt = graph.graph if isinstance(graph, Graph) else graph
+  x = jnp.asarray(gt.nodes)
+  if x.ndim != 2:
+    raise ValueError(f"node features must be [n, d], got shape {x.shape}")
+  n = x.shape[0]
+  if adj is None:
+    return x, EdgeList(gt.senders, gt.receivers, gt.edges, n)
+  adj = jnp.asarray(adj)
+  if adj.shape != (n, n):
+    raise ValueError(f"adj has shape {adj.shape}, expected ({n}, {n}) for a graph with {n} "
+                     f"nodes")
+  return x, DenseAdj(adj.astype(x.dtype))
+
+
+def check_input_width(module: nn.Module, path: tuple, d: int) -> None:
+  """Raises ``ValueError`` if the bound params expect another feature width than ``d``.
+
+  ``path`` (inside ``params``) names a kernel whose first dimension is the input width. Does
+  nothing during ``init`` (the params are being created from this input).
+  """
+  if module.is_initializing() or "params" not in module.variables:
+    return
+  node = module.variables["params"]
+  for key in path:
+    if key not in node:
+      return
+    node = node[key]
+  expected = int(node.shape[0])
+  if expected != d:
+    raise ValueError(f"graph has {d} node features but the model params were built for "
+                     f"{expected} (params['params'][{']['.join(map(repr, path))}] has shape "
+                     f"{tuple(node.shape)})")
+
+
+def residual_projection(h: Array, width: int, name: str) -> Array:
+  """``P h``: ``h`` itself when it has ``width`` columns, else a bias-free ``Dense(width)``."""
+  if h.shape[-1] == width:
+    return h
+  return nn.Dense(width, use_bias=False, kernel_init=glorot, name=name)(h)
+
+
+class MessagePassingGNN(nn.Module):
+  """Base of GCN, ChebNet, GraphSAGE, GIN and GAT: the stack described in the module doc.
+
+  Subclasses define `make_conv` (a module called as ``conv(x, structure, train)``),
+  `hidden_width` and `input_kernel` (path of a first-layer kernel ``[d, ...]``).
+  """
+
+  config: ModelConfig
+  num_classes: int
+
+  input_kernel = ("layer_0", "lin", "kernel")
+
+  def hidden_width(self) -> int:
+    """Width of the hidden activations ``h_1 .. h_{K-1}``."""
+    return self.config.hidden
+
+  def make_conv(self, width: int, last: bool, name: str) -> nn.Module:
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, graph: Union[Graph, jraph.GraphsTuple], adj: Optional[Array] = None,
+               train: bool = False) -> ModelOutput:
+    """Runs the stack.
+
+    Args:
+      graph: a `Graph` (or its ``GraphsTuple``) with ``x: [n, d]``.
+      adj: optional ``[n, n]`` dense weights replacing the graph's edges (no self loops).
+      train: apply dropout (needs ``rngs={"dropout": key}``).
+
+    Returns:
+      `ModelOutput` with ``K`` activations.
+    """
+    cfg = self.config
+    x, s = model_inputs(graph, adj)
+    check_input_width(self, self.input_kernel, x.shape[1])
+    act = activation_fn(cfg.activation)
+    h, acts = x, []
+    for k in range(cfg.num_layers):
+      last = k == cfg.num_layers - 1
+      width = self.num_classes if last else self.hidden_width()
+      z = nn.Dropout(cfg.dropout, deterministic=not train)(h)
+      z = self.make_conv(width, last, f"layer_{k}")(z, s, train)
+      if not last:
+        z = act(z)
+        if cfg.residual:
+          z = z + residual_projection(h, z.shape[-1], f"residual_{k}")
+      acts.append(z)
+      h = z
+    return ModelOutput(tuple(acts), acts[-1])
