@@ -1,0 +1,198 @@
+"""Feature metamers: the structure is fixed, the node features are synthesised (Sec 3.3).
+
+Binary features (eq. 7-10): ``X'_soft = mu 1^T + tau * eps`` (per-feature mean and std of the
+reference), ``P = sigmoid(s X'_soft)``, a hard mask with exactly ``k`` ones on the top entries
+of P over the whole matrix (selected on the logits ``X'_soft``: sigmoid is monotone), and the
+straight-through estimator ``X' = P + stopgrad(X'_hard - P)``: the model sees exactly binary
+features while gradients flow through P.
+
+Continuous features: ``X' = relu(X'_soft)``, optimised directly (entries stay non-negative).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jmeta.metamers.config import MetamerConfig
+from jmeta.metamers.topk import topk_mask
+
+
+class FeatureAux(NamedTuple):
+  """Non-differentiable state of a binary feature metamer."""
+  threshold: jax.Array  # float32 scalar: the k-th largest logit of the last step (a warm start)
+  density: jax.Array    # float32 scalar: the fraction of ones of the last hard mask
+
+
+def init_soft_features(key: jax.Array, x_ref: jax.Array, init_scale: float = 1.0) -> jax.Array:
+  """Initialises ``X'_soft = mu 1^T + tau * eps`` (eq. 7).
+
+  Args:
+    key: PRNG key.
+    x_ref: ``[n, d]`` reference features.
+    init_scale: multiplies tau.
+
+  Returns:
+    ``[n, d] float32``.
+  """
+  mu = jnp.mean(x_ref, axis=0)
+  tau = jnp.std(x_ref, axis=0)
+  eps = jax.random.normal(key, x_ref.shape, jnp.float32)
+  return mu[None, :] + init_scale * tau[None, :] * eps
+
+
+def reference_density(x_ref: jax.Array) -> float:
+  """Fraction of non-zero entries of the reference features (the initial rho)."""
+  return float(jnp.mean(x_ref != 0))
+
+
+def num_active(density: float, size: int) -> int:
+  """``round(rho * N)``: the number of ones in the hard mask."""
+  return int(round(density * size))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def straight_through(soft: jax.Array, hard: jax.Array, slope: float,
+                     margin_coef: float) -> jax.Array:
+  """Fused straight-through estimator of eq. (9) with the margin of eq. (10).
+
+  Value: ``hard`` (exactly binary). Gradient with respect to ``soft``: that of
+  ``P + stopgrad(hard - P) + margin_coef * mean(P (1 - P))`` with ``P = sigmoid(slope * soft)``,
+  i.e. ``slope P (1 - P) (g + margin_coef (1 - 2P) / N)``, computed in one elementwise pass (P
+  is recomputed in the backward pass instead of being stored). No gradient reaches ``hard``.
+
+  Args:
+    soft: ``[n, d]`` logits ``X'_soft``.
+    hard: ``[n, d]`` the hard mask (0/1, same dtype as soft).
+    slope: sigmoid slope s (static).
+    margin_coef: signed lambda_reg (static), see `MetamerConfig.margin_coefficient`.
+
+  Returns:
+    ``hard``.
+  """
+  del soft, slope, margin_coef
+  return hard
+
+
+def _st_fwd(soft, hard, slope, margin_coef):
+  del slope, margin_coef
+  return hard, soft
+
+
+def _st_bwd(slope, margin_coef, soft, g):
+  p = jax.nn.sigmoid(slope * soft)
+  grad = slope * p * (1.0 - p) * (g + (margin_coef / soft.size) * (1.0 - 2.0 * p))
+  return grad, None
+
+
+straight_through.defvjp(_st_fwd, _st_bwd)
+
+
+def binary_features(soft: jax.Array, k, slope: float, threshold_hint=None, rho=None):
+  """Straight-through binary features (eq. 8-9) with exactly ``k`` ones.
+
+  With ``rho`` given (learned density), the surrogate is rescaled to that density,
+  ``P~ = P * rho / stopgrad(mean(P))``, and ``X' = P~ + stopgrad(X'_hard - P~)``: the forward
+  value is still the hard mask, and the loss gradient along "more ones everywhere" reaches rho
+  (``dL/drho = sum_ij dL/dX'_ij P_ij / mean(P)``). ``p`` returned is always the plain P.
+
+  Args:
+    soft: ``[n, d]`` soft logits ``X'_soft``.
+    k: number of ones (a static int, or a traced int32 scalar for a learned density).
+    slope: sigmoid slope s.
+    threshold_hint: previous step's threshold (warm start for the top-k), or ``None``.
+    rho: optional traced density in (0, 1) (see above).
+
+  Returns:
+    ``(x, p, threshold)``: ``x`` ``[n, d]`` equal to the hard mask in value with P's gradient,
+    ``p`` ``[n, d]`` the soft probabilities, ``threshold`` the k-th largest logit.
+  """
+  p = jax.nn.sigmoid(slope * soft)
+  sel = topk_mask(soft, k, threshold_hint)
+  hard = sel.mask.astype(p.dtype)
+  surrogate = p if rho is None else p * (rho / jax.lax.stop_gradient(jnp.mean(p)))
+  x = surrogate + jax.lax.stop_gradient(hard - surrogate)
+  return x, p, sel.threshold
+
+
+def hard_features(soft: jax.Array, aux: FeatureAux, feature_kind: str) -> jax.Array:
+  """The final metamer features ``[n, d]`` from the optimised state.
+
+  Continuous: ``relu(soft)``. Binary: the top ``round(aux.density * n d)`` entries of ``soft``
+  (the last step's count, static or learned).
+  """
+  if feature_kind == "continuous":
+    return jax.nn.relu(soft)
+  k = jnp.round(aux.density * soft.size).astype(jnp.int32)
+  return topk_mask(soft, k, aux.threshold).mask.astype(jnp.float32)
+
+
+def margin(p: jax.Array) -> jax.Array:
+  """``mean(P (1 - P))`` of eq. (10), without lambda."""
+  return jnp.mean(p * (1.0 - p))
+
+
+def make_feature_objective(activation_fn, h_ref: jax.Array, x_ref: jax.Array,
+                           feature_kind: str, config: MetamerConfig):
+  """Builds ``init(key)`` and ``loss(params, aux)`` for `optimize`.
+
+  Args:
+    activation_fn: ``x [n, d] -> h [n, m]``, the frozen model's activation at the target layer.
+    h_ref: ``[n, m]`` the reference activation (non-zero).
+    x_ref: ``[n, d]`` reference features.
+    feature_kind: ``"binary"`` or ``"continuous"``.
+    config: the run's config.
+
+  Returns:
+    ``(init_fn, loss_fn, k)``; ``k`` is the static number of ones (``None`` when continuous).
+  """
+  ref_norm = jnp.sum(h_ref ** 2)
+  rho_ref = reference_density(x_ref)
+  size = x_ref.size
+  k = num_active(rho_ref, size)
+
+  def act_loss(x):
+    return jnp.sum((activation_fn(x) - h_ref) ** 2) / ref_norm
+
+  if feature_kind == "continuous":
+    def init_fn(key):
+      return {"soft": init_soft_features(key, x_ref, config.init_scale)}, FeatureAux(
+          threshold=jnp.zeros((), jnp.float32), density=jnp.ones((), jnp.float32))
+
+    def loss_fn(params, aux):
+      x = jax.nn.relu(params["soft"])
+      la = act_loss(x)
+      return la, (la, aux._replace(density=jnp.mean(x > 0).astype(jnp.float32)))
+
+    return init_fn, loss_fn, None
+
+  def init_fn(key):
+    params = {"soft": init_soft_features(key, x_ref, config.init_scale)}
+    if config.density == "learned":
+      params["rho_logit"] = jnp.asarray(jax.scipy.special.logit(rho_ref), jnp.float32)
+    return params, FeatureAux(threshold=jnp.full((), jnp.nan, jnp.float32),
+                              density=jnp.full((), rho_ref, jnp.float32))
+
+  def loss_fn(params, aux):
+    soft = params["soft"]
+    if config.density == "fixed":
+      # Fused path: the value is the hard mask; the margin enters through the gradient only.
+      sel = topk_mask(jax.lax.stop_gradient(soft), k, aux.threshold)
+      x = straight_through(soft, sel.mask.astype(soft.dtype), config.slope,
+                           config.margin_coefficient)
+      la = act_loss(x)
+      return la, (la, FeatureAux(threshold=sel.threshold,
+                                 density=jnp.asarray(k / size, jnp.float32)))
+    rho = jax.nn.sigmoid(params["rho_logit"])
+    kk = jnp.clip(jnp.round(jax.lax.stop_gradient(rho) * size), 1, size).astype(jnp.int32)
+    x, p, thr = binary_features(soft, kk, config.slope, aux.threshold, rho=rho)
+    density_pen = config.density_weight * ((rho - rho_ref) / rho_ref) ** 2
+    density = kk.astype(jnp.float32) / size
+    la = act_loss(x)
+    objective = la + config.margin_coefficient * margin(p) + density_pen
+    return objective, (la, FeatureAux(threshold=thr, density=density))
+
+  return init_fn, loss_fn, k

@@ -1,0 +1,115 @@
+"""Structure metamers: the features are fixed, the adjacency is synthesised (Sec 3.4).
+
+The optimised state is a soft matrix ``A'_soft`` ``[n, n]`` of which only the strict upper
+triangle is used: the candidate pairs are the ``n (n - 1) / 2`` unordered node pairs, so the
+synthesised graph is symmetric with no self loops by construction. ``P = sigmoid(s A'_soft)``
+(eq. 11); the hard adjacency has ones on the top ``k`` pairs of P (``k`` = the reference's number
+of undirected edges), mirrored to both directions; the model sees
+``A' = P + stopgrad(A'_hard - P)`` (eq. 12) through its usual normalisation (the dense ``adj=``
+path of the models).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jmeta.metamers.config import MetamerConfig
+from jmeta.metamers.topk import topk_mask
+
+# Score given to the lower triangle and the diagonal so that they are never selected.
+_EXCLUDED = -3.0e38
+
+
+class StructureAux(NamedTuple):
+  threshold: jax.Array  # float32 scalar: k-th largest upper-triangle logit (warm start)
+  density: jax.Array    # float32 scalar: fraction of selected pairs
+
+
+def upper_mask(n: int) -> jax.Array:
+  """``[n, n] bool``: True on the strict upper triangle (the candidate pairs)."""
+  return jnp.triu(jnp.ones((n, n), bool), k=1)
+
+
+def symmetrize_upper(m: jax.Array) -> jax.Array:
+  """``triu(m, 1) + triu(m, 1)^T``: a symmetric matrix with zero diagonal, ``[n, n]``."""
+  u = jnp.triu(m, k=1)
+  return u + u.T
+
+
+def init_soft_adjacency(key: jax.Array, n: int, init_scale: float = 1.0) -> jax.Array:
+  """A random upper-triangular ``[n, n]`` soft adjacency (zero elsewhere)."""
+  return jnp.triu(init_scale * jax.random.normal(key, (n, n), jnp.float32), k=1)
+
+
+def binary_adjacency(soft: jax.Array, k: int, slope: float, threshold_hint=None):
+  """Straight-through symmetric binary adjacency with exactly ``k`` undirected edges (eq. 11-12).
+
+  Args:
+    soft: ``[n, n]`` soft logits (only the strict upper triangle is read).
+    k: number of undirected edges (static).
+    slope: sigmoid slope s.
+    threshold_hint: previous threshold or ``None``.
+
+  Returns:
+    ``(adj, p, threshold)``: ``adj`` ``[n, n]`` symmetric, zero diagonal, binary in value;
+    ``p`` ``[n, n]`` symmetric soft probabilities (zero diagonal).
+  """
+  n = soft.shape[0]
+  um = upper_mask(n)
+  p = symmetrize_upper(jax.nn.sigmoid(slope * soft))
+  scores = jnp.where(um, soft, _EXCLUDED)
+  sel = topk_mask(scores, k, threshold_hint)
+  hard_upper = sel.mask.astype(p.dtype)
+  hard = hard_upper + hard_upper.T
+  return p + jax.lax.stop_gradient(hard - p), p, sel.threshold
+
+
+def hard_adjacency(soft: jax.Array, k: int, threshold_hint=None) -> jax.Array:
+  """The final binary symmetric adjacency ``[n, n]`` with ``k`` undirected edges."""
+  n = soft.shape[0]
+  scores = jnp.where(upper_mask(n), soft, _EXCLUDED)
+  up = topk_mask(scores, k, threshold_hint).mask.astype(jnp.float32)
+  return up + up.T
+
+
+def make_structure_objective(activation_fn, h_ref: jax.Array, num_nodes: int,
+                             num_undirected_edges: int, config: MetamerConfig):
+  """Builds ``init(key)`` and ``loss(params, aux)`` for `optimize`.
+
+  Args:
+    activation_fn: ``adj [n, n] -> h [n, m]``, the frozen model's activation at the target layer.
+    h_ref: ``[n, m]`` the reference activation.
+    num_nodes: n.
+    num_undirected_edges: k, the number of selected pairs (the reference's edge count).
+    config: the run's config (``density`` must be ``"fixed"``).
+
+  Returns:
+    ``(init_fn, loss_fn)``.
+  """
+  if config.density != "fixed":
+    raise ValueError("structure metamers support MetamerConfig.density='fixed' only: the "
+                     "number of edges is the reference's")
+  ref_norm = jnp.sum(h_ref ** 2)
+  n = num_nodes
+  k = int(num_undirected_edges)
+  pairs = n * (n - 1) // 2
+  if not 0 < k <= pairs:
+    raise ValueError(f"number of undirected edges {k} must be in [1, {pairs}]")
+
+  def init_fn(key):
+    return init_soft_adjacency(key, n, config.init_scale), StructureAux(
+        threshold=jnp.full((), jnp.nan, jnp.float32),
+        density=jnp.asarray(k / pairs, jnp.float32))
+
+  def loss_fn(soft, aux):
+    adj, p, thr = binary_adjacency(soft, k, config.slope, aux.threshold)
+    la = jnp.sum((activation_fn(adj) - h_ref) ** 2) / ref_norm
+    # Margin over the candidate pairs: p is symmetric, so the full-matrix sum counts each twice.
+    marg = jnp.sum(p * (1.0 - p)) / (2.0 * pairs)
+    objective = la + config.margin_coefficient * marg
+    return objective, (la, aux._replace(threshold=thr))
+
+  return init_fn, loss_fn
