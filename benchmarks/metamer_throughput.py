@@ -38,13 +38,15 @@ def plain_loop_rate(model, params, graph, cfg: MetamerConfig, seeds: int) -> flo
   """Seed-steps/s of one jitted step per Python iteration, seeds one after another."""
   h_ref = model.apply(params, graph).activations[cfg.layer - 1]
   act = lambda x: model.apply(params, graph.with_features(x)).activations[cfg.layer - 1]
-  init_fn, loss_fn, _ = feat.make_feature_objective(act, h_ref, graph.x, graph.feature_kind,
-                                                    cfg)
+  obj = feat.make_feature_objective(act, h_ref, graph.x, graph.feature_kind, cfg)
+  init_fn = obj.init
   opt = optax.adam(cfg.learning_rate)
 
   @jax.jit
   def step(p, o, aux):
-    (_, (la, aux)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, aux)
+    if obj.select is not None:
+      aux = obj.select(p, aux)
+    (_, (la, aux)), g = jax.value_and_grad(obj.loss, has_aux=True)(p, aux)
     u, o = opt.update(g, o, p)
     return optax.apply_updates(p, u), o, aux, la
 
@@ -102,16 +104,15 @@ def main():
   single_cfg = MetamerConfig(layer=args.layer, steps=args.steps, num_seeds=1, chunk=chunk)
   h_ref = model.apply(params, graph).activations[args.layer - 1]
   act = lambda x: model.apply(params, graph.with_features(x)).activations[args.layer - 1]
-  init_fn, loss_fn, _ = feat.make_feature_objective(act, h_ref, graph.x, graph.feature_kind,
-                                                    single_cfg)
+  obj = feat.make_feature_objective(act, h_ref, graph.x, graph.feature_kind, single_cfg)
   for s in args.seeds:
     cfg = MetamerConfig(layer=args.layer, steps=args.steps, num_seeds=s, chunk=chunk)
     res = feature_metamers(model, params, graph, jax.random.key(0), cfg, progress=False)
     vmapped = s * args.steps / res.info["run_seconds"]
     # The same single-seed scanned program, run s times (compile excluded: run_seconds only).
     keys = jax.random.split(jax.random.key(0), s)
-    seq_seconds = sum(optimize(init_fn, loss_fn, keys[i:i + 1], single_cfg,
-                               progress=False).run_seconds for i in range(s))
+    seq_seconds = sum(optimize(obj, keys[i:i + 1], single_cfg, progress=False).run_seconds
+                      for i in range(s))
     sequential = s * args.steps / seq_seconds
     plain = None if args.skip_plain else plain_loop_rate(model, params, graph, single_cfg, s)
     row = {"seeds": s, "vmapped_seed_steps_per_s": vmapped,

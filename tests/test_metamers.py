@@ -156,10 +156,10 @@ def test_loop_compiles_once_and_loss_decreases(small):
   def act(x):
     return model.apply(params, graph.with_features(x)).activations[0]
 
-  init_fn, loss_fn, _ = feat.make_feature_objective(act, h_ref, graph.x, "binary", cfg)
-  traced = chex.assert_max_traces(loss_fn, n=1)
-  res = opt.optimize(init_fn, traced, jax.random.split(jax.random.key(0), 3), cfg,
-                     progress=False)
+  obj = feat.make_feature_objective(act, h_ref, graph.x, "binary", cfg)
+  traced = chex.assert_max_traces(obj.loss, n=1)
+  obj = obj._replace(loss=traced, select=chex.assert_max_traces(obj.select, n=1))
+  res = opt.optimize(obj, jax.random.split(jax.random.key(0), 3), cfg, progress=False)
   chex.assert_shape(res.losses, (3, 90))
   np.testing.assert_array_equal(res.steps, [90, 90, 90])
   first, last = np.asarray(res.losses[:, 0]), np.asarray(res.losses[:, -5:]).mean(1)
@@ -174,9 +174,9 @@ def test_vmapped_seeds_equal_separate_runs(small):
   keys = jax.random.split(key, 2)
   h_ref = model.apply(params, graph).activations[0]
   act = lambda x: model.apply(params, graph.with_features(x)).activations[0]
-  init_fn, loss_fn, k = feat.make_feature_objective(act, h_ref, graph.x, "binary", cfg)
+  obj = feat.make_feature_objective(act, h_ref, graph.x, "binary", cfg)
   for i in range(2):
-    one = opt.optimize(init_fn, loss_fn, keys[i:i + 1], cfg, progress=False)
+    one = opt.optimize(obj, keys[i:i + 1], cfg, progress=False)
     np.testing.assert_allclose(both.losses[i], one.losses[0], rtol=2e-5, atol=1e-6)
     hard = jax.jit(feat.hard_features, static_argnums=2)(
         one.params["soft"][0], jax.tree.map(lambda a: a[0], one.aux), "binary")
@@ -220,9 +220,9 @@ def test_learned_density_gets_gradient_and_stays_near_reference(small):
                       learning_rate=0.05)
   h_ref = model.apply(params, graph).activations[0]
   act = lambda x: model.apply(params, graph.with_features(x)).activations[0]
-  init_fn, loss_fn, _ = feat.make_feature_objective(act, h_ref, graph.x, "binary", cfg)
-  p0, aux0 = init_fn(jax.random.key(0))
-  grads = jax.jit(jax.grad(lambda p: loss_fn(p, aux0)[0]))(p0)
+  obj = feat.make_feature_objective(act, h_ref, graph.x, "binary", cfg)
+  p0, aux0 = obj.init(jax.random.key(0))
+  grads = jax.jit(jax.grad(lambda p: obj.loss(p, aux0)[0]))(p0)
   assert np.isfinite(grads["rho_logit"]) and grads["rho_logit"] != 0
   res = feature_metamers(model, params, graph, jax.random.key(0), cfg, progress=False)
   rho_ref = float(np.asarray(graph.x).mean())

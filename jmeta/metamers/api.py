@@ -84,10 +84,9 @@ def feature_metamers(model, params: Params, graph: Graph, key: jax.Array,
   def activation_fn(x):
     return model.apply(params, graph.with_features(x)).activations[layer - 1]
 
-  init_fn, loss_fn, k = feat.make_feature_objective(activation_fn, h_ref, graph.x,
-                                                    graph.feature_kind, config)
+  obj = feat.make_feature_objective(activation_fn, h_ref, graph.x, graph.feature_kind, config)
   keys = jax.random.split(key, config.num_seeds)
-  loop = optimize(init_fn, loss_fn, keys, config, progress=progress,
+  loop = optimize(obj, keys, config, progress=progress,
                   desc=f"feature metamers L{layer}")
 
   @jax.jit
@@ -103,7 +102,7 @@ def feature_metamers(model, params: Params, graph: Graph, key: jax.Array,
   density = np.asarray(jnp.mean(x_meta != 0, axis=(1, 2)))
   return MetamerResult(kind="feature", metamers=stored, losses=np.asarray(loop.losses),
                        steps=np.asarray(loop.steps), density=density, metrics=scores,
-                       config=config, info=_info(graph, config, loop, k=k))
+                       config=config, info=_info(graph, config, loop, k=obj.k))
 
 
 def _feature_scores(model, params, graph, out_ref, x_meta, layer) -> dict:
@@ -161,9 +160,9 @@ def structure_metamers(model, params: Params, graph: Graph, key: jax.Array,
   def activation_fn(adj):
     return model.apply(params, graph, adj=adj).activations[layer - 1]
 
-  init_fn, loss_fn = struct.make_structure_objective(activation_fn, h_ref, n, k, config)
+  obj = struct.make_structure_objective(activation_fn, h_ref, n, k, config)
   keys = jax.random.split(key, config.num_seeds)
-  loop = optimize(init_fn, loss_fn, keys, config, progress=progress,
+  loop = optimize(obj, keys, config, progress=progress,
                   desc=f"structure metamers L{layer}")
 
   def one(adj):

@@ -18,13 +18,15 @@ import jax
 import jax.numpy as jnp
 
 from jmeta.metamers.config import MetamerConfig
+from jmeta.metamers.optimize import Objective
 from jmeta.metamers.topk import topk_mask
 
 
 class FeatureAux(NamedTuple):
-  """Non-differentiable state of a binary feature metamer."""
+  """Non-differentiable state of a feature metamer."""
   threshold: jax.Array  # float32 scalar: the k-th largest logit of the last step (a warm start)
   density: jax.Array    # float32 scalar: the fraction of ones of the last hard mask
+  mask: jax.Array       # [n, d] bool: the current hard mask (fixed density; else [0, 0])
 
 
 def init_soft_features(key: jax.Array, x_ref: jax.Array, init_scale: float = 1.0) -> jax.Array:
@@ -136,8 +138,13 @@ def margin(p: jax.Array) -> jax.Array:
 
 
 def make_feature_objective(activation_fn, h_ref: jax.Array, x_ref: jax.Array,
-                           feature_kind: str, config: MetamerConfig):
-  """Builds ``init(key)`` and ``loss(params, aux)`` for `optimize`.
+                           feature_kind: str, config: MetamerConfig) -> Objective:
+  """Builds the `Objective` of a feature metamer for `optimize`.
+
+  Binary features with a fixed density split each step in two: ``select`` computes the exact
+  top-k mask (non-differentiable, warm-started from the last threshold), ``loss`` applies the
+  fused straight-through estimator to it. A learned density selects inside ``loss`` (``k``
+  depends on the optimised rho); continuous features need no selection.
 
   Args:
     activation_fn: ``x [n, d] -> h [n, m]``, the frozen model's activation at the target layer.
@@ -147,12 +154,13 @@ def make_feature_objective(activation_fn, h_ref: jax.Array, x_ref: jax.Array,
     config: the run's config.
 
   Returns:
-    ``(init_fn, loss_fn, k)``; ``k`` is the static number of ones (``None`` when continuous).
+    An `Objective`.
   """
   ref_norm = jnp.sum(h_ref ** 2)
   rho_ref = reference_density(x_ref)
   size = x_ref.size
   k = num_active(rho_ref, size)
+  no_mask = jnp.zeros((0, 0), bool)
 
   def act_loss(x):
     return jnp.sum((activation_fn(x) - h_ref) ** 2) / ref_norm
@@ -160,39 +168,49 @@ def make_feature_objective(activation_fn, h_ref: jax.Array, x_ref: jax.Array,
   if feature_kind == "continuous":
     def init_fn(key):
       return {"soft": init_soft_features(key, x_ref, config.init_scale)}, FeatureAux(
-          threshold=jnp.zeros((), jnp.float32), density=jnp.ones((), jnp.float32))
+          threshold=jnp.zeros((), jnp.float32), density=jnp.ones((), jnp.float32),
+          mask=no_mask)
 
     def loss_fn(params, aux):
       x = jax.nn.relu(params["soft"])
       la = act_loss(x)
       return la, (la, aux._replace(density=jnp.mean(x > 0).astype(jnp.float32)))
 
-    return init_fn, loss_fn, None
+    return Objective(init_fn, loss_fn, None, None)
+
+  fixed = config.density == "fixed"
 
   def init_fn(key):
     params = {"soft": init_soft_features(key, x_ref, config.init_scale)}
-    if config.density == "learned":
+    if not fixed:
       params["rho_logit"] = jnp.asarray(jax.scipy.special.logit(rho_ref), jnp.float32)
     return params, FeatureAux(threshold=jnp.full((), jnp.nan, jnp.float32),
-                              density=jnp.full((), rho_ref, jnp.float32))
+                              density=jnp.full((), rho_ref, jnp.float32),
+                              mask=jnp.zeros(x_ref.shape, bool) if fixed else no_mask)
+
+  if fixed:
+    def select_fn(params, aux):
+      sel = topk_mask(params["soft"], k, aux.threshold)
+      return aux._replace(threshold=sel.threshold, mask=sel.mask)
+
+    def loss_fn(params, aux):
+      # The value is the hard mask; the margin (eq. 10) enters through the gradient only.
+      x = straight_through(params["soft"], aux.mask.astype(params["soft"].dtype),
+                           config.slope, config.margin_coefficient)
+      la = act_loss(x)
+      return la, (la, aux)
+
+    return Objective(init_fn, loss_fn, select_fn, k)
 
   def loss_fn(params, aux):
     soft = params["soft"]
-    if config.density == "fixed":
-      # Fused path: the value is the hard mask; the margin enters through the gradient only.
-      sel = topk_mask(jax.lax.stop_gradient(soft), k, aux.threshold)
-      x = straight_through(soft, sel.mask.astype(soft.dtype), config.slope,
-                           config.margin_coefficient)
-      la = act_loss(x)
-      return la, (la, FeatureAux(threshold=sel.threshold,
-                                 density=jnp.asarray(k / size, jnp.float32)))
     rho = jax.nn.sigmoid(params["rho_logit"])
     kk = jnp.clip(jnp.round(jax.lax.stop_gradient(rho) * size), 1, size).astype(jnp.int32)
     x, p, thr = binary_features(soft, kk, config.slope, aux.threshold, rho=rho)
     density_pen = config.density_weight * ((rho - rho_ref) / rho_ref) ** 2
-    density = kk.astype(jnp.float32) / size
     la = act_loss(x)
     objective = la + config.margin_coefficient * margin(p) + density_pen
-    return objective, (la, FeatureAux(threshold=thr, density=density))
+    return objective, (la, aux._replace(threshold=thr,
+                                        density=kk.astype(jnp.float32) / size))
 
-  return init_fn, loss_fn, k
+  return Objective(init_fn, loss_fn, None, None)

@@ -5,17 +5,20 @@ A parametrisation supplies two pure functions:
 * ``init(key) -> (params, aux)``: the optimised pytree (e.g. the soft feature matrix) and a
   non-differentiable auxiliary state (e.g. the top-k threshold carried as a warm start);
 * ``loss(params, aux) -> (objective, (act_loss, aux))``: the minimised objective (eq. 5 plus
-  regularisers) and the activation loss that is reported and used for early stopping.
+  regularisers) and the activation loss that is reported and used for early stopping;
+* optionally ``select(params, aux) -> aux``: a non-differentiable stage before each gradient
+  step (the exact top-k of a binary metamer), run seed by seed with ``lax.map``, which is
+  cheaper than batching its data-dependent search.
 
 `optimize` runs S seeds as one compiled program: a chunk of ``config.chunk`` steps is a
-``lax.scan`` inside ``jit``, vmapped over the seeds; a thin Python loop runs the chunks and reports
+``lax.scan`` inside ``jit`` over a step whose gradient and update are vmapped over the seeds; a thin Python loop runs the chunks and reports
 progress between them. The chunk length is fixed, so the program compiles once whatever T is;
 steps past T, and seeds that reached ``tol``, are masked (their state stops changing).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +29,22 @@ from jmeta.metamers.config import MetamerConfig
 PyTree = Any
 InitFn = Callable[[jax.Array], Tuple[PyTree, PyTree]]
 LossFn = Callable[[PyTree, PyTree], Tuple[jax.Array, Tuple[jax.Array, PyTree]]]
+SelectFn = Callable[[PyTree, PyTree], PyTree]
+
+
+class Objective(NamedTuple):
+  """A metamer parametrisation: what `optimize` runs.
+
+  Attributes:
+    init: ``key -> (params, aux)``.
+    loss: ``(params, aux) -> (objective, (act_loss, aux))``.
+    select: optional ``(params, aux) -> aux``, non-differentiable, run before each step.
+    k: the static number of ones of a binary metamer (``None`` if it has none).
+  """
+  init: InitFn
+  loss: LossFn
+  select: Optional[SelectFn] = None
+  k: Optional[int] = None
 
 
 class LoopState(NamedTuple):
@@ -48,21 +67,35 @@ class LoopResult(NamedTuple):
 
 
 def _select(pred: jax.Array, new: PyTree, old: PyTree) -> PyTree:
-  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+  """Per-seed choice: ``pred [S]`` broadcast against leaves with a leading seed axis."""
+  def pick(a, b):
+    return jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - pred.ndim)), a, b)
+  return jax.tree.map(pick, new, old)
 
 
 def make_chunk_fn(loss_fn: LossFn, config: MetamerConfig,
-                  optimizer: optax.GradientTransformation) -> Callable:
-  """Builds ``chunk(state) -> (state, act_losses [chunk])`` for one seed (pure, un-jitted)."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+                  optimizer: optax.GradientTransformation,
+                  select_fn: Optional[SelectFn] = None) -> Callable:
+  """Builds ``chunk(state) -> (state, act_losses [S, chunk])`` for a batch of seeds (pure).
+
+  One step: ``select_fn`` (non-differentiable, e.g. the exact top-k) runs seed by seed with
+  ``lax.map``; the loss gradient and the Adam update are vmapped over the seeds.
+  """
+  grad_fn = jax.vmap(jax.value_and_grad(loss_fn, has_aux=True))
+  update_fn = jax.vmap(optimizer.update)
   total = config.steps
   tol = config.tol
 
   def one_step(state: LoopState, _):
-    (_, (act_loss, aux)), grads = grad_fn(state.params, state.aux)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    aux = state.aux
+    if select_fn is not None:
+      aux = jax.lax.map(lambda pa: select_fn(*pa), (state.params, aux))
+    (_, (act_loss, aux)), grads = grad_fn(state.params, aux)
+    # Materialise the gradient once: otherwise XLA recomputes it inside each Adam moment fusion.
+    grads = jax.lax.optimization_barrier(grads)
+    updates, opt_state = update_fn(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    reached = act_loss <= tol if tol > 0 else jnp.asarray(False)
+    reached = act_loss <= tol if tol > 0 else jnp.zeros_like(state.done)
     active = (state.step < total) & ~state.done
     new = LoopState(params=params, opt_state=opt_state, aux=aux, step=state.step + 1,
                     done=state.done | reached, act_loss=act_loss)
@@ -75,18 +108,19 @@ def make_chunk_fn(loss_fn: LossFn, config: MetamerConfig,
     return state, jnp.where(active, act_loss, jnp.nan)
 
   def chunk(state: LoopState):
-    return jax.lax.scan(one_step, state, None, length=config.chunk)
+    state, losses = jax.lax.scan(one_step, state, None, length=config.chunk)
+    return state, losses.T
 
   return chunk
 
 
-def optimize(init_fn: InitFn, loss_fn: LossFn, keys: jax.Array, config: MetamerConfig,
-             *, progress: bool = True, desc: str = "metamer") -> LoopResult:
+def optimize(objective: Objective, keys: jax.Array, config: MetamerConfig, *,
+             progress: bool = True, desc: str = "metamer") -> LoopResult:
   """Runs the metamer optimisation for every key in ``keys`` as one vmapped program (eq. 6).
 
   Args:
-    init_fn: ``key -> (params, aux)``.
-    loss_fn: ``(params, aux) -> (objective, (act_loss, aux))``.
+    objective: the parametrisation (`Objective`); its ``select`` stage runs seed by seed
+      (``lax.map``), its loss gradient and the Adam update are vmapped.
     keys: ``[S]`` PRNG keys, one per seed.
     config: the run's `MetamerConfig` (steps, learning rate, tol, chunk).
     progress: show a tqdm bar over steps.
@@ -102,12 +136,12 @@ def optimize(init_fn: InitFn, loss_fn: LossFn, keys: jax.Array, config: MetamerC
   optimizer = optax.adam(config.learning_rate)
 
   def init_state(key):
-    params, aux = init_fn(key)
+    params, aux = objective.init(key)
     return LoopState(params=params, opt_state=optimizer.init(params), aux=aux,
                      step=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
                      act_loss=jnp.full((), jnp.inf, jnp.float32))
 
-  chunk_fn = jax.jit(jax.vmap(make_chunk_fn(loss_fn, config, optimizer)), donate_argnums=0)
+  chunk_fn = jax.jit(make_chunk_fn(objective.loss, config, optimizer, objective.select), donate_argnums=0)
   state = jax.jit(jax.vmap(init_state))(keys)
 
   t0 = time.perf_counter()

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jmeta.metamers.config import MetamerConfig
+from jmeta.metamers.optimize import Objective
 from jmeta.metamers.topk import topk_mask
 
 # Score given to the lower triangle and the diagonal so that they are never selected.
@@ -26,6 +27,7 @@ _EXCLUDED = -3.0e38
 class StructureAux(NamedTuple):
   threshold: jax.Array  # float32 scalar: k-th largest upper-triangle logit (warm start)
   density: jax.Array    # float32 scalar: fraction of selected pairs
+  mask: jax.Array       # [n, n] bool: the selected pairs (upper triangle)
 
 
 def upper_mask(n: int) -> jax.Array:
@@ -77,7 +79,10 @@ def hard_adjacency(soft: jax.Array, k: int, threshold_hint=None) -> jax.Array:
 
 def make_structure_objective(activation_fn, h_ref: jax.Array, num_nodes: int,
                              num_undirected_edges: int, config: MetamerConfig):
-  """Builds ``init(key)`` and ``loss(params, aux)`` for `optimize`.
+  """Builds the `Objective` of a structure metamer for `optimize`.
+
+  ``select`` computes the exact top-k pairs (non-differentiable, warm-started); ``loss`` applies
+  the straight-through estimator of eq. (12) and the margin of eq. (10) over the candidate pairs.
 
   Args:
     activation_fn: ``adj [n, n] -> h [n, m]``, the frozen model's activation at the target layer.
@@ -87,7 +92,7 @@ def make_structure_objective(activation_fn, h_ref: jax.Array, num_nodes: int,
     config: the run's config (``density`` must be ``"fixed"``).
 
   Returns:
-    ``(init_fn, loss_fn)``.
+    An `Objective`.
   """
   if config.density != "fixed":
     raise ValueError("structure metamers support MetamerConfig.density='fixed' only: the "
@@ -98,18 +103,25 @@ def make_structure_objective(activation_fn, h_ref: jax.Array, num_nodes: int,
   pairs = n * (n - 1) // 2
   if not 0 < k <= pairs:
     raise ValueError(f"number of undirected edges {k} must be in [1, {pairs}]")
+  um = upper_mask(n)
 
   def init_fn(key):
     return init_soft_adjacency(key, n, config.init_scale), StructureAux(
         threshold=jnp.full((), jnp.nan, jnp.float32),
-        density=jnp.asarray(k / pairs, jnp.float32))
+        density=jnp.asarray(k / pairs, jnp.float32), mask=jnp.zeros((n, n), bool))
+
+  def select_fn(soft, aux):
+    sel = topk_mask(jnp.where(um, soft, _EXCLUDED), k, aux.threshold)
+    return aux._replace(threshold=sel.threshold, mask=sel.mask)
 
   def loss_fn(soft, aux):
-    adj, p, thr = binary_adjacency(soft, k, config.slope, aux.threshold)
+    p = symmetrize_upper(jax.nn.sigmoid(config.slope * soft))
+    hard_upper = aux.mask.astype(p.dtype)
+    adj = p + jax.lax.stop_gradient(hard_upper + hard_upper.T - p)
     la = jnp.sum((activation_fn(adj) - h_ref) ** 2) / ref_norm
     # Margin over the candidate pairs: p is symmetric, so the full-matrix sum counts each twice.
     marg = jnp.sum(p * (1.0 - p)) / (2.0 * pairs)
     objective = la + config.margin_coefficient * marg
-    return objective, (la, aux._replace(threshold=thr))
+    return objective, (la, aux)
 
-  return init_fn, loss_fn
+  return Objective(init_fn, loss_fn, select_fn, k)
