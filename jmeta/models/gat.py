@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jmeta.models.dropout import Dropout
 from jmeta.models.propagate import (Structure, attend, attention_logits, weighted_softmax,
                                     with_self_loops, without_self_loops)
 from jmeta.models.stack import MessagePassingGNN, glorot
@@ -62,7 +63,7 @@ class GATConv(nn.Module):
     s = with_self_loops(without_self_loops(s), 1.0)
     logits = attention_logits(s, (z * att_src).sum(-1), (z * att_dst).sum(-1))
     alpha = weighted_softmax(s, jax.nn.leaky_relu(logits, self.negative_slope))
-    alpha = nn.Dropout(self.dropout, deterministic=not train)(alpha)
+    alpha = Dropout(self.dropout, deterministic=not train)(alpha)
     out = attend(s, alpha, z)
     out = out.reshape(n, hh * c) if self.concat else out.mean(axis=1)
     width = hh * c if self.concat else c

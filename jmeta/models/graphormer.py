@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import jraph
 
 from jmeta.graph import Graph
+from jmeta.models.dropout import Dropout
 from jmeta.models.config import ModelConfig
 from jmeta.models.gat import head_split
 from jmeta.models.propagate import (Structure, binary_in_degree, binary_out_degree,
@@ -77,7 +78,7 @@ class GraphormerBlock(nn.Module):
     ``[n, width]``."""
     n, width = h.shape
     hh, c = self.heads, self.head_dim
-    drop = lambda t: nn.Dropout(self.dropout, deterministic=not train)(t)
+    drop = lambda t: Dropout(self.dropout, deterministic=not train)(t)
     y = nn.LayerNorm(name="ln_attn")(h)
     proj = lambda name: nn.Dense(hh * c, kernel_init=glorot, name=name)(y).reshape(n, hh, c)
     q, k, v = proj("query"), proj("key"), proj("value")
@@ -113,7 +114,7 @@ class Graphormer(nn.Module):
     x, s = model_inputs(graph, adj)
     check_input_width(self, self.input_kernel, x.shape[1])
     heads, c = head_split(cfg.hidden, cfg.heads)
-    x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+    x = Dropout(cfg.dropout, deterministic=not train)(x)
     h = nn.Dense(cfg.hidden, kernel_init=glorot, name="input_proj")(x)
     h = h + self.centrality(s)
     spd = shortest_path_buckets(s, cfg.max_spd)                     # [n(query), n(key)]

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import jraph
 
 from jmeta.graph import Graph
+from jmeta.models.dropout import Dropout
 from jmeta.models.config import ModelConfig
 from jmeta.models.propagate import DenseAdj, EdgeList, Structure
 
@@ -142,7 +143,7 @@ class MessagePassingGNN(nn.Module):
     for k in range(cfg.num_layers):
       last = k == cfg.num_layers - 1
       width = self.num_classes if last else self.hidden_width()
-      z = nn.Dropout(cfg.dropout, deterministic=not train)(h)
+      z = Dropout(cfg.dropout, deterministic=not train)(h)
       z = self.make_conv(width, last, f"layer_{k}")(z, s, train)
       if not last:
         z = act(z)
