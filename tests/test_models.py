@@ -548,3 +548,20 @@ def test_feature_width_mismatch(graph, name):
     check_params_match(v, graph, other)
   with pytest.raises(ValueError, match="adj has shape"):
     model.apply(v, graph, adj=jnp.ones((N, N + 1)))
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.6])
+def test_half_word_dropout_keep_probability_and_scaling(rate):
+  from jmeta.models.dropout import Dropout, keep_mask
+  mask, keep = keep_mask(jax.random.key(0), (401, 301), rate)
+  assert abs(keep - (1 - rate)) <= 2.0 ** -17
+  # Binomial mean within 5 standard deviations.
+  n = mask.size
+  assert abs(float(mask.mean()) - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
+  x = jnp.ones((401, 301))
+  y = Dropout(rate).apply({}, x, rngs={"dropout": jax.random.key(0)})
+  y = np.asarray(y)
+  kept = y != 0
+  np.testing.assert_allclose(y[kept], 1 / keep, rtol=1e-6)  # inverted dropout scaling
+  assert abs(kept.mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / n)
+  assert Dropout(rate, deterministic=True).apply({}, x) is x
