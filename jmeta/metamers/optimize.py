@@ -99,12 +99,18 @@ def make_chunk_fn(loss_fn: LossFn, config: MetamerConfig,
     active = (state.step < total) & ~state.done
     new = LoopState(params=params, opt_state=opt_state, aux=aux, step=state.step + 1,
                     done=state.done | reached, act_loss=act_loss)
-    # A seed that has just reached tol keeps the parameters that reached it.
+    # A seed that has just reached tol keeps the parameters that reached it; a seed past T or
+    # done keeps its whole state. The masked merge reads every array twice, so it runs (as the
+    # false branch of a cond, not under vmap) only on steps where some seed is not advancing.
     keep_new = active & ~reached
-    new = new._replace(params=_select(keep_new, new.params, state.params),
-                       opt_state=_select(keep_new, new.opt_state, state.opt_state),
-                       aux=_select(keep_new, new.aux, state.aux))
-    state = _select(active, new, state)
+
+    def merge(new, old):
+      new = new._replace(params=_select(keep_new, new.params, old.params),
+                         opt_state=_select(keep_new, new.opt_state, old.opt_state),
+                         aux=_select(keep_new, new.aux, old.aux))
+      return _select(active, new, old)
+
+    state = jax.lax.cond(jnp.all(keep_new), lambda n, o: n, merge, new, state)
     return state, jnp.where(active, act_loss, jnp.nan)
 
   def chunk(state: LoopState):
