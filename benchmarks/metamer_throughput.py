@@ -34,29 +34,36 @@ from jmeta.metamers.topk import topk_mask
 from jmeta.models import ModelConfig, create_model
 
 
+def spec_and_data(model, params, graph, cfg: MetamerConfig):
+  h_ref = model.apply(params, graph).activations[cfg.layer - 1]
+  spec = feat.FeatureSpec(model=model, layer=cfg.layer, feature_kind=graph.feature_kind,
+                          config=cfg, rho_ref=feat.reference_density(graph.x),
+                          size=int(graph.x.size))
+  return spec, feat.FeatureData(variables=params, graph=graph, h_ref=h_ref)
+
+
 def plain_loop_rate(model, params, graph, cfg: MetamerConfig, seeds: int) -> float:
   """Seed-steps/s of one jitted step per Python iteration, seeds one after another."""
-  h_ref = model.apply(params, graph).activations[cfg.layer - 1]
-  act = lambda x: model.apply(params, graph.with_features(x)).activations[cfg.layer - 1]
-  obj = feat.make_feature_objective(act, h_ref, graph.x, graph.feature_kind, cfg)
-  init_fn = obj.init
+  spec, data_ = spec_and_data(model, params, graph, cfg)
+  obj = spec.objective()
   opt = optax.adam(cfg.learning_rate)
 
   @jax.jit
   def step(p, o, aux):
     if obj.select is not None:
-      aux = obj.select(p, aux)
-    (_, (la, aux)), g = jax.value_and_grad(obj.loss, has_aux=True)(p, aux)
+      aux = obj.select(p, aux, data_)
+    (_, (la, aux)), g = jax.value_and_grad(obj.loss, has_aux=True)(p, aux, data_)
     u, o = opt.update(g, o, p)
     return optax.apply_updates(p, u), o, aux, la
 
+  init = jax.jit(obj.init)
   keys = jax.random.split(jax.random.key(1), seeds)
-  p, aux = init_fn(keys[0])
+  p, aux = init(keys[0], data_)
   o = opt.init(p)
   jax.block_until_ready(step(p, o, aux))  # compile
   t0 = time.perf_counter()
   for i in range(seeds):
-    p, aux = init_fn(keys[i])
+    p, aux = init(keys[i], data_)
     o = opt.init(p)
     for _ in range(cfg.steps):
       p, o, aux, la = step(p, o, aux)
@@ -102,17 +109,15 @@ def main():
   rows, figures = [], {"dataset": args.dataset, "model": args.model, "steps": args.steps,
                        "layer": args.layer, "test_accuracy": trained.metrics["test"]}
   single_cfg = MetamerConfig(layer=args.layer, steps=args.steps, num_seeds=1, chunk=chunk)
-  h_ref = model.apply(params, graph).activations[args.layer - 1]
-  act = lambda x: model.apply(params, graph.with_features(x)).activations[args.layer - 1]
-  obj = feat.make_feature_objective(act, h_ref, graph.x, graph.feature_kind, single_cfg)
+  single_spec, single_data = spec_and_data(model, params, graph, single_cfg)
   for s in args.seeds:
     cfg = MetamerConfig(layer=args.layer, steps=args.steps, num_seeds=s, chunk=chunk)
     res = feature_metamers(model, params, graph, jax.random.key(0), cfg, progress=False)
     vmapped = s * args.steps / res.info["run_seconds"]
     # The same single-seed scanned program, run s times (compile excluded: run_seconds only).
     keys = jax.random.split(jax.random.key(0), s)
-    seq_seconds = sum(optimize(obj, keys[i:i + 1], single_cfg, progress=False).run_seconds
-                      for i in range(s))
+    seq_seconds = sum(optimize(single_spec, single_data, keys[i:i + 1],
+                               progress=False).run_seconds for i in range(s))
     sequential = s * args.steps / seq_seconds
     plain = None if args.skip_plain else plain_loop_rate(model, params, graph, single_cfg, s)
     row = {"seeds": s, "vmapped_seed_steps_per_s": vmapped,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -19,11 +20,16 @@ from jmeta.metamers.result import MetamerResult
 Params = Any
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(model, variables, graph: Graph, adj=None):
+  return model.apply(variables, graph) if adj is None else model.apply(variables, graph, adj=adj)
+
+
 def _reference(model, params: Params, graph: Graph, config: MetamerConfig, adj=None):
   """Checks the config against the model and returns the reference activation (host side)."""
   if not isinstance(config, MetamerConfig):
     raise TypeError(f"config must be a MetamerConfig, got {type(config).__name__}")
-  out = model.apply(params, graph) if adj is None else model.apply(params, graph, adj=adj)
+  out = _forward(model, params, graph, adj)
   num_layers = len(out.activations)
   if not 1 <= config.layer <= num_layers:
     raise ValueError(f"MetamerConfig.layer={config.layer} is outside 1..{num_layers}: the model "
@@ -79,48 +85,59 @@ def feature_metamers(model, params: Params, graph: Graph, key: jax.Array,
     raise ValueError(f"the model was trained on {feature_kind} features but graph "
                      f"{graph.name!r} has {graph.feature_kind} features")
   out_ref, h_ref = _reference(model, params, graph, config)
-  layer = config.layer
-
-  def activation_fn(x):
-    return model.apply(params, graph.with_features(x)).activations[layer - 1]
-
-  obj = feat.make_feature_objective(activation_fn, h_ref, graph.x, graph.feature_kind, config)
+  spec = feat.FeatureSpec(model=model, layer=config.layer, feature_kind=graph.feature_kind,
+                          config=config, rho_ref=feat.reference_density(graph.x),
+                          size=int(graph.x.size))
+  data = feat.FeatureData(variables=params, graph=graph, h_ref=h_ref)
   keys = jax.random.split(key, config.num_seeds)
-  loop = optimize(obj, keys, config, progress=progress,
-                  desc=f"feature metamers L{layer}")
-
-  @jax.jit
-  def finalize(loop_params, loop_aux):
-    x_meta = jax.vmap(lambda p, a: feat.hard_features(p["soft"], a, graph.feature_kind))(
-        loop_params, loop_aux)
-    return x_meta, _feature_scores(model, params, graph, out_ref, x_meta, layer)
-
-  x_meta, scores = finalize(loop.params, loop.aux)
+  loop = optimize(spec, data, keys, progress=progress, desc=f"feature metamers L{config.layer}")
+  x_meta, scores = _finalize_features(spec, data, out_ref.logits, loop.params, loop.aux)
   scores = {k_: np.asarray(v, np.float64) for k_, v in scores.items()}
   stored = (np.asarray(x_meta).astype(np.uint8) if graph.feature_kind == "binary"
             else np.asarray(x_meta, np.float32))
   density = np.asarray(jnp.mean(x_meta != 0, axis=(1, 2)))
   return MetamerResult(kind="feature", metamers=stored, losses=np.asarray(loop.losses),
                        steps=np.asarray(loop.steps), density=density, metrics=scores,
-                       config=config, info=_info(graph, config, loop, k=obj.k))
+                       config=config, info=_info(graph, config, loop, k=spec.k))
 
 
-def _feature_scores(model, params, graph, out_ref, x_meta, layer) -> dict:
-  """Per-seed metrics of feature metamers ``x_meta [S, n, d]`` (eq. 13-15, activation sim)."""
-  h_ref = out_ref.activations[layer - 1]
+def _activation_scores(h_ref, h, logits_ref, logits) -> dict:
+  loss = metrics.activation_loss(h_ref, h)
+  return {"s_match": metrics.match_rate(logits_ref, logits), "act_loss": loss,
+          "act_one_minus_loss": 1.0 - loss, "act_cosine": metrics.feature_similarity(h_ref, h)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _finalize_features(spec: feat.FeatureSpec, data: feat.FeatureData, logits_ref,
+                       loop_params, loop_aux):
+  """Hard metamers ``[S, n, d]`` and their per-seed metrics (eq. 13-15, activation sim)."""
+  x_meta = jax.vmap(lambda p, a: feat.hard_features(p["soft"], a, spec.feature_kind))(
+      loop_params, loop_aux)
 
   def one(x):
-    out = model.apply(params, graph.with_features(x))
-    h = out.activations[layer - 1]
-    s_feat = metrics.feature_similarity(graph.x, x)
-    s_match = metrics.match_rate(out_ref.logits, out.logits)
-    return {"s_feat": s_feat, "s_match": s_match,
-            "cs_feat": metrics.consistency(s_feat, s_match),
-            "act_loss": metrics.activation_loss(h_ref, h),
-            "act_one_minus_loss": 1.0 - metrics.activation_loss(h_ref, h),
-            "act_cosine": metrics.feature_similarity(h_ref, h)}
+    out = spec.model.apply(data.variables, data.graph.with_features(x))
+    scores = _activation_scores(data.h_ref, out.activations[spec.layer - 1], logits_ref,
+                                out.logits)
+    scores["s_feat"] = metrics.feature_similarity(data.graph.x, x)
+    scores["cs_feat"] = metrics.consistency(scores["s_feat"], scores["s_match"])
+    return scores
 
-  return jax.lax.map(one, x_meta)
+  return x_meta, jax.lax.map(one, x_meta)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _finalize_structure(spec: struct.StructureSpec, data: struct.StructureData, logits_ref,
+                        loop_params, loop_aux):
+  """Hard adjacencies ``[S, n, n]`` and their per-seed activation metrics."""
+  adjs = jax.vmap(lambda s, a: struct.hard_adjacency(s, spec.num_edges, a.threshold))(
+      loop_params, loop_aux)
+
+  def one(adj):
+    out = spec.model.apply(data.variables, data.graph, adj=adj)
+    return _activation_scores(data.h_ref, out.activations[spec.layer - 1], logits_ref,
+                              out.logits)
+
+  return adjs, jax.lax.map(one, adjs)
 
 
 def structure_metamers(model, params: Params, graph: Graph, key: jax.Array,
@@ -155,30 +172,13 @@ def structure_metamers(model, params: Params, graph: Graph, key: jax.Array,
                      "metamers")
   k = int(np.count_nonzero(np.triu(a, 1)))
   out_ref, h_ref = _reference(model, params, graph, config, adj=adj_ref)
-  layer = config.layer
-
-  def activation_fn(adj):
-    return model.apply(params, graph, adj=adj).activations[layer - 1]
-
-  obj = struct.make_structure_objective(activation_fn, h_ref, n, k, config)
+  spec = struct.StructureSpec(model=model, layer=config.layer, config=config, num_nodes=n,
+                              num_edges=k)
+  data = struct.StructureData(variables=params, graph=graph, h_ref=h_ref)
   keys = jax.random.split(key, config.num_seeds)
-  loop = optimize(obj, keys, config, progress=progress,
-                  desc=f"structure metamers L{layer}")
-
-  def one(adj):
-    out = model.apply(params, graph, adj=adj)
-    h = out.activations[layer - 1]
-    return {"s_match": metrics.match_rate(out_ref.logits, out.logits),
-            "act_loss": metrics.activation_loss(h_ref, h),
-            "act_one_minus_loss": 1.0 - metrics.activation_loss(h_ref, h),
-            "act_cosine": metrics.feature_similarity(h_ref, h)}
-
-  @jax.jit
-  def finalize(loop_params, loop_aux):
-    adjs = jax.vmap(lambda s, a: struct.hard_adjacency(s, k, a.threshold))(loop_params, loop_aux)
-    return adjs, jax.lax.map(one, adjs)
-
-  adjs, scores = finalize(loop.params, loop.aux)
+  loop = optimize(spec, data, keys, progress=progress,
+                  desc=f"structure metamers L{config.layer}")
+  adjs, scores = _finalize_structure(spec, data, out_ref.logits, loop.params, loop.aux)
   adjs_np = np.asarray(adjs)
   edges = np.stack([np.argwhere(np.triu(m, 1) > 0).astype(np.int32) for m in adjs_np])
   scores = {k_: np.asarray(v, np.float64) for k_, v in scores.items()}

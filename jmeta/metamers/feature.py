@@ -11,12 +11,14 @@ Continuous features: ``X' = relu(X'_soft)``, optimised directly (entries stay no
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jmeta.graph import Graph
 from jmeta.metamers.config import MetamerConfig
 from jmeta.metamers.optimize import Objective
 from jmeta.metamers.topk import topk_mask
@@ -137,8 +139,51 @@ def margin(p: jax.Array) -> jax.Array:
   return jnp.mean(p * (1.0 - p))
 
 
-def make_feature_objective(activation_fn, h_ref: jax.Array, x_ref: jax.Array,
-                           feature_kind: str, config: MetamerConfig) -> Objective:
+class FeatureData(NamedTuple):
+  """Dynamic inputs of a feature-metamer run (a pytree)."""
+  variables: dict       # the frozen model's variables
+  graph: Graph          # the reference graph (structure kept, features X)
+  h_ref: jax.Array      # [n, m] reference activation at the target layer (non-zero)
+
+
+def feature_activation(model, layer: int, x: jax.Array, data: FeatureData) -> jax.Array:
+  """``h^(layer)`` ``[n, m]`` of the frozen ``model`` on the reference graph with features ``x``."""
+  return model.apply(data.variables, data.graph.with_features(x)).activations[layer - 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+  """Static description of a feature-metamer run (hashable: a jit static argument).
+
+  Attributes:
+    model: the Flax module (`jmeta.models.create_model`).
+    layer: target layer k (1-based).
+    feature_kind: ``"binary"`` or ``"continuous"``.
+    config: the `MetamerConfig`.
+    rho_ref: reference density (fraction of non-zero features).
+    size: ``n * d``.
+  """
+  model: Any
+  layer: int
+  feature_kind: str
+  config: MetamerConfig
+  rho_ref: float
+  size: int
+
+  @property
+  def k(self) -> int:
+    """Static number of ones of the hard mask at the reference density."""
+    return num_active(self.rho_ref, self.size)
+
+  def activation(self, x: jax.Array, data: FeatureData) -> jax.Array:
+    """``h^(k)`` of the frozen model on features ``x: [n, d]``, ``[n, m]``."""
+    return feature_activation(self.model, self.layer, x, data)
+
+  def objective(self) -> Objective:
+    return make_feature_objective(self)
+
+
+def make_feature_objective(spec: FeatureSpec) -> Objective:
   """Builds the `Objective` of a feature metamer for `optimize`.
 
   Binary features with a fixed density split each step in two: ``select`` computes the exact
@@ -147,68 +192,67 @@ def make_feature_objective(activation_fn, h_ref: jax.Array, x_ref: jax.Array,
   depends on the optimised rho); continuous features need no selection.
 
   Args:
-    activation_fn: ``x [n, d] -> h [n, m]``, the frozen model's activation at the target layer.
-    h_ref: ``[n, m]`` the reference activation (non-zero).
-    x_ref: ``[n, d]`` reference features.
-    feature_kind: ``"binary"`` or ``"continuous"``.
-    config: the run's config.
+    spec: the run's `FeatureSpec`.
 
   Returns:
-    An `Objective`.
+    An `Objective` whose functions read a `FeatureData`.
   """
-  ref_norm = jnp.sum(h_ref ** 2)
-  rho_ref = reference_density(x_ref)
-  size = x_ref.size
-  k = num_active(rho_ref, size)
+  config = spec.config
+  rho_ref, size, k = spec.rho_ref, spec.size, spec.k
   no_mask = jnp.zeros((0, 0), bool)
 
-  def act_loss(x):
-    return jnp.sum((activation_fn(x) - h_ref) ** 2) / ref_norm
+  def act_loss(x, data):
+    return jnp.sum((spec.activation(x, data) - data.h_ref) ** 2) / jnp.sum(data.h_ref ** 2)
 
-  if feature_kind == "continuous":
-    def init_fn(key):
-      return {"soft": init_soft_features(key, x_ref, config.init_scale)}, FeatureAux(
+  def soft_init(key, data):
+    return {"soft": init_soft_features(key, data.graph.x, config.init_scale)}
+
+  if spec.feature_kind == "continuous":
+    def init_fn(key, data):
+      return soft_init(key, data), FeatureAux(
           threshold=jnp.zeros((), jnp.float32), density=jnp.ones((), jnp.float32),
           mask=no_mask)
 
-    def loss_fn(params, aux):
+    def loss_fn(params, aux, data):
       x = jax.nn.relu(params["soft"])
-      la = act_loss(x)
+      la = act_loss(x, data)
       return la, (la, aux._replace(density=jnp.mean(x > 0).astype(jnp.float32)))
 
     return Objective(init_fn, loss_fn, None, None)
 
   fixed = config.density == "fixed"
 
-  def init_fn(key):
-    params = {"soft": init_soft_features(key, x_ref, config.init_scale)}
+  def init_fn(key, data):
+    params = soft_init(key, data)
     if not fixed:
       params["rho_logit"] = jnp.asarray(jax.scipy.special.logit(rho_ref), jnp.float32)
+    shape = data.graph.x.shape
     return params, FeatureAux(threshold=jnp.full((), jnp.nan, jnp.float32),
                               density=jnp.full((), rho_ref, jnp.float32),
-                              mask=jnp.zeros(x_ref.shape, bool) if fixed else no_mask)
+                              mask=jnp.zeros(shape, bool) if fixed else no_mask)
 
   if fixed:
-    def select_fn(params, aux):
+    def select_fn(params, aux, data):
+      del data
       sel = topk_mask(params["soft"], k, aux.threshold)
       return aux._replace(threshold=sel.threshold, mask=sel.mask)
 
-    def loss_fn(params, aux):
+    def loss_fn(params, aux, data):
       # The value is the hard mask; the margin (eq. 10) enters through the gradient only.
       x = straight_through(params["soft"], aux.mask.astype(params["soft"].dtype),
                            config.slope, config.margin_coefficient)
-      la = act_loss(x)
+      la = act_loss(x, data)
       return la, (la, aux)
 
     return Objective(init_fn, loss_fn, select_fn, k)
 
-  def loss_fn(params, aux):
+  def loss_fn(params, aux, data):
     soft = params["soft"]
     rho = jax.nn.sigmoid(params["rho_logit"])
     kk = jnp.clip(jnp.round(jax.lax.stop_gradient(rho) * size), 1, size).astype(jnp.int32)
     x, p, thr = binary_features(soft, kk, config.slope, aux.threshold, rho=rho)
     density_pen = config.density_weight * ((rho - rho_ref) / rho_ref) ** 2
-    la = act_loss(x)
+    la = act_loss(x, data)
     objective = la + config.margin_coefficient * margin(p) + density_pen
     return objective, (la, aux._replace(threshold=thr,
                                         density=kk.astype(jnp.float32) / size))

@@ -1,23 +1,29 @@
 """The metamer optimisation loop: optax Adam, `lax.scan` over steps, `vmap` over seeds.
 
-A parametrisation supplies two pure functions:
+A parametrisation is a *spec*: a hashable, static description (the frozen model, the target
+layer, the `MetamerConfig`, ...) whose ``objective()`` returns an `Objective` of pure functions
+of the dynamic *data* (trained params, graph, reference activation):
 
-* ``init(key) -> (params, aux)``: the optimised pytree (e.g. the soft feature matrix) and a
+* ``init(key, data) -> (params, aux)``: the optimised pytree (e.g. the soft feature matrix) and a
   non-differentiable auxiliary state (e.g. the top-k threshold carried as a warm start);
-* ``loss(params, aux) -> (objective, (act_loss, aux))``: the minimised objective (eq. 5 plus
-  regularisers) and the activation loss that is reported and used for early stopping;
-* optionally ``select(params, aux) -> aux``: a non-differentiable stage before each gradient
-  step (the exact top-k of a binary metamer), run seed by seed with ``lax.map``, which is
-  cheaper than batching its data-dependent search.
+* ``loss(params, aux, data) -> (objective, (act_loss, aux))``: the minimised objective (eq. 5
+  plus regularisers) and the activation loss that is reported and used for early stopping;
+* optionally ``select(params, aux, data) -> aux``: a non-differentiable stage before each
+  gradient step (the exact top-k of a binary metamer), run seed by seed with ``lax.map``, which
+  is cheaper than batching its data-dependent search.
 
 `optimize` runs S seeds as one compiled program: a chunk of ``config.chunk`` steps is a
-``lax.scan`` inside ``jit`` over a step whose gradient and update are vmapped over the seeds; a thin Python loop runs the chunks and reports
-progress between them. The chunk length is fixed, so the program compiles once whatever T is;
-steps past T, and seeds that reached ``tol``, are masked (their state stops changing).
+``lax.scan`` inside ``jit`` over a step whose gradient and update are vmapped over the seeds; a
+thin Python loop runs the chunks and reports progress between them. The chunk length is fixed,
+so the program compiles once whatever T is; steps past T, and seeds that reached ``tol``, are
+masked (their state stops changing). The jitted programs are module-level functions with the
+spec as a static argument, so a second run with an equal spec and same shapes (another trained
+model of the same architecture, another seed batch) reuses the compiled program.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
@@ -27,18 +33,18 @@ import optax
 from jmeta.metamers.config import MetamerConfig
 
 PyTree = Any
-InitFn = Callable[[jax.Array], Tuple[PyTree, PyTree]]
-LossFn = Callable[[PyTree, PyTree], Tuple[jax.Array, Tuple[jax.Array, PyTree]]]
-SelectFn = Callable[[PyTree, PyTree], PyTree]
+InitFn = Callable[[jax.Array, PyTree], Tuple[PyTree, PyTree]]
+LossFn = Callable[[PyTree, PyTree, PyTree], Tuple[jax.Array, Tuple[jax.Array, PyTree]]]
+SelectFn = Callable[[PyTree, PyTree, PyTree], PyTree]
 
 
 class Objective(NamedTuple):
   """A metamer parametrisation: what `optimize` runs.
 
   Attributes:
-    init: ``key -> (params, aux)``.
-    loss: ``(params, aux) -> (objective, (act_loss, aux))``.
-    select: optional ``(params, aux) -> aux``, non-differentiable, run before each step.
+    init: ``(key, data) -> (params, aux)``.
+    loss: ``(params, aux, data) -> (objective, (act_loss, aux))``.
+    select: optional ``(params, aux, data) -> aux``, non-differentiable, run before each step.
     k: the static number of ones of a binary metamer (``None`` if it has none).
   """
   init: InitFn
@@ -76,21 +82,21 @@ def _select(pred: jax.Array, new: PyTree, old: PyTree) -> PyTree:
 def make_chunk_fn(loss_fn: LossFn, config: MetamerConfig,
                   optimizer: optax.GradientTransformation,
                   select_fn: Optional[SelectFn] = None) -> Callable:
-  """Builds ``chunk(state) -> (state, act_losses [S, chunk])`` for a batch of seeds (pure).
+  """Builds ``chunk(state, data) -> (state, act_losses [S, chunk])`` for a batch of seeds.
 
   One step: ``select_fn`` (non-differentiable, e.g. the exact top-k) runs seed by seed with
   ``lax.map``; the loss gradient and the Adam update are vmapped over the seeds.
   """
-  grad_fn = jax.vmap(jax.value_and_grad(loss_fn, has_aux=True))
+  grad_fn = jax.vmap(jax.value_and_grad(loss_fn, has_aux=True), in_axes=(0, 0, None))
   update_fn = jax.vmap(optimizer.update)
   total = config.steps
   tol = config.tol
 
-  def one_step(state: LoopState, _):
+  def one_step(data, state: LoopState, _):
     aux = state.aux
     if select_fn is not None:
-      aux = jax.lax.map(lambda pa: select_fn(*pa), (state.params, aux))
-    (_, (act_loss, aux)), grads = grad_fn(state.params, aux)
+      aux = jax.lax.map(lambda pa: select_fn(*pa, data), (state.params, aux))
+    (_, (act_loss, aux)), grads = grad_fn(state.params, aux, data)
     # Materialise the gradient once: otherwise XLA recomputes it inside each Adam moment fusion.
     grads = jax.lax.optimization_barrier(grads)
     updates, opt_state = update_fn(grads, state.opt_state, state.params)
@@ -113,22 +119,47 @@ def make_chunk_fn(loss_fn: LossFn, config: MetamerConfig,
     state = jax.lax.cond(jnp.all(keep_new), lambda n, o: n, merge, new, state)
     return state, jnp.where(active, act_loss, jnp.nan)
 
-  def chunk(state: LoopState):
-    state, losses = jax.lax.scan(one_step, state, None, length=config.chunk)
+  def chunk(state: LoopState, data):
+    state, losses = jax.lax.scan(functools.partial(one_step, data), state, None,
+                                 length=config.chunk)
     return state, losses.T
 
   return chunk
 
 
-def optimize(objective: Objective, keys: jax.Array, config: MetamerConfig, *,
-             progress: bool = True, desc: str = "metamer") -> LoopResult:
+def _init_state(objective: Objective, optimizer, key, data) -> LoopState:
+  params, aux = objective.init(key, data)
+  return LoopState(params=params, opt_state=optimizer.init(params), aux=aux,
+                   step=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
+                   act_loss=jnp.full((), jnp.inf, jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_states(spec, keys: jax.Array, data) -> LoopState:
+  """The initial `LoopState` of every seed, ``keys: [S]`` (leading seed axis)."""
+  optimizer = optax.adam(spec.config.learning_rate)
+  return jax.vmap(lambda k: _init_state(spec.objective(), optimizer, k, data))(keys)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def run_chunk(spec, state: LoopState, data):
+  """``config.chunk`` steps of every seed: ``(state, act_losses [S, chunk])``."""
+  objective = spec.objective()
+  chunk = make_chunk_fn(objective.loss, spec.config, optax.adam(spec.config.learning_rate),
+                        objective.select)
+  return chunk(state, data)
+
+
+def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
+             desc: str = "metamer") -> LoopResult:
   """Runs the metamer optimisation for every key in ``keys`` as one vmapped program (eq. 6).
 
   Args:
-    objective: the parametrisation (`Objective`); its ``select`` stage runs seed by seed
+    spec: a hashable parametrisation with ``config`` (a `MetamerConfig`: steps, learning rate,
+      tol, chunk) and ``objective() -> Objective``; its ``select`` stage runs seed by seed
       (``lax.map``), its loss gradient and the Adam update are vmapped.
+    data: the pytree of dynamic inputs the objective reads (trained params, graph, ...).
     keys: ``[S]`` PRNG keys, one per seed.
-    config: the run's `MetamerConfig` (steps, learning rate, tol, chunk).
     progress: show a tqdm bar over steps.
     desc: the bar's label.
 
@@ -139,19 +170,10 @@ def optimize(objective: Objective, keys: jax.Array, config: MetamerConfig, *,
 
   from tqdm.auto import tqdm
 
-  optimizer = optax.adam(config.learning_rate)
-
-  def init_state(key):
-    params, aux = objective.init(key)
-    return LoopState(params=params, opt_state=optimizer.init(params), aux=aux,
-                     step=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
-                     act_loss=jnp.full((), jnp.inf, jnp.float32))
-
-  chunk_fn = jax.jit(make_chunk_fn(objective.loss, config, optimizer, objective.select), donate_argnums=0)
-  state = jax.jit(jax.vmap(init_state))(keys)
-
+  config = spec.config
+  state = init_states(spec, keys, data)
   t0 = time.perf_counter()
-  compiled = chunk_fn.lower(state).compile()
+  compiled = run_chunk.lower(spec, state, data).compile()  # reuses the compilation cache
   compile_seconds = time.perf_counter() - t0
 
   n_chunks = -(-config.steps // config.chunk)
@@ -159,7 +181,7 @@ def optimize(objective: Objective, keys: jax.Array, config: MetamerConfig, *,
   t0 = time.perf_counter()
   with tqdm(total=config.steps, desc=desc, disable=not progress, leave=False) as bar:
     for _ in range(n_chunks):
-      state, losses = compiled(state)
+      state, losses = compiled(state, data)
       curves.append(losses)
       done = jax.device_get(state.done)
       steps = jax.device_get(state.step)

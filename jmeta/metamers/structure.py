@@ -11,11 +11,13 @@ path of the models).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from jmeta.graph import Graph
 from jmeta.metamers.config import MetamerConfig
 from jmeta.metamers.optimize import Objective
 from jmeta.metamers.topk import topk_mask
@@ -77,48 +79,78 @@ def hard_adjacency(soft: jax.Array, k: int, threshold_hint=None) -> jax.Array:
   return up + up.T
 
 
-def make_structure_objective(activation_fn, h_ref: jax.Array, num_nodes: int,
-                             num_undirected_edges: int, config: MetamerConfig):
+class StructureData(NamedTuple):
+  """Dynamic inputs of a structure-metamer run (a pytree)."""
+  variables: dict       # the frozen model's variables
+  graph: Graph          # the reference graph (features kept)
+  h_ref: jax.Array      # [n, m] reference activation at the target layer (non-zero)
+
+
+@dataclasses.dataclass(frozen=True)
+class StructureSpec:
+  """Static description of a structure-metamer run (hashable: a jit static argument).
+
+  Attributes:
+    model: the Flax module (must support ``adj=``).
+    layer: target layer k (1-based).
+    config: the `MetamerConfig` (``density`` must be ``"fixed"``).
+    num_nodes: n.
+    num_edges: k, the number of undirected edges to select (the reference's).
+  """
+  model: Any
+  layer: int
+  config: MetamerConfig
+  num_nodes: int
+  num_edges: int
+
+  def __post_init__(self):
+    if self.config.density != "fixed":
+      raise ValueError("structure metamers support MetamerConfig.density='fixed' only: the "
+                       "number of edges is the reference's")
+    pairs = self.num_nodes * (self.num_nodes - 1) // 2
+    if not 0 < self.num_edges <= pairs:
+      raise ValueError(f"number of undirected edges {self.num_edges} must be in [1, {pairs}]")
+
+  def activation(self, adj: jax.Array, data: StructureData) -> jax.Array:
+    """``h^(k)`` of the frozen model on the dense adjacency ``adj: [n, n]``, ``[n, m]``."""
+    return self.model.apply(data.variables, data.graph, adj=adj).activations[self.layer - 1]
+
+  def objective(self) -> Objective:
+    return make_structure_objective(self)
+
+
+def make_structure_objective(spec: StructureSpec) -> Objective:
   """Builds the `Objective` of a structure metamer for `optimize`.
 
   ``select`` computes the exact top-k pairs (non-differentiable, warm-started); ``loss`` applies
   the straight-through estimator of eq. (12) and the margin of eq. (10) over the candidate pairs.
 
   Args:
-    activation_fn: ``adj [n, n] -> h [n, m]``, the frozen model's activation at the target layer.
-    h_ref: ``[n, m]`` the reference activation.
-    num_nodes: n.
-    num_undirected_edges: k, the number of selected pairs (the reference's edge count).
-    config: the run's config (``density`` must be ``"fixed"``).
+    spec: the run's `StructureSpec`.
 
   Returns:
-    An `Objective`.
+    An `Objective` whose functions read a `StructureData`.
   """
-  if config.density != "fixed":
-    raise ValueError("structure metamers support MetamerConfig.density='fixed' only: the "
-                     "number of edges is the reference's")
-  ref_norm = jnp.sum(h_ref ** 2)
-  n = num_nodes
-  k = int(num_undirected_edges)
+  config = spec.config
+  n, k = spec.num_nodes, spec.num_edges
   pairs = n * (n - 1) // 2
-  if not 0 < k <= pairs:
-    raise ValueError(f"number of undirected edges {k} must be in [1, {pairs}]")
-  um = upper_mask(n)
 
-  def init_fn(key):
+  def init_fn(key, data):
+    del data
     return init_soft_adjacency(key, n, config.init_scale), StructureAux(
         threshold=jnp.full((), jnp.nan, jnp.float32),
         density=jnp.asarray(k / pairs, jnp.float32), mask=jnp.zeros((n, n), bool))
 
-  def select_fn(soft, aux):
-    sel = topk_mask(jnp.where(um, soft, _EXCLUDED), k, aux.threshold)
+  def select_fn(soft, aux, data):
+    del data
+    sel = topk_mask(jnp.where(upper_mask(n), soft, _EXCLUDED), k, aux.threshold)
     return aux._replace(threshold=sel.threshold, mask=sel.mask)
 
-  def loss_fn(soft, aux):
+  def loss_fn(soft, aux, data):
     p = symmetrize_upper(jax.nn.sigmoid(config.slope * soft))
     hard_upper = aux.mask.astype(p.dtype)
     adj = p + jax.lax.stop_gradient(hard_upper + hard_upper.T - p)
-    la = jnp.sum((activation_fn(adj) - h_ref) ** 2) / ref_norm
+    la = jnp.sum((spec.activation(adj, data) - data.h_ref) ** 2) / jnp.sum(data.h_ref ** 2)
     # Margin over the candidate pairs: p is symmetric, so the full-matrix sum counts each twice.
     marg = jnp.sum(p * (1.0 - p)) / (2.0 * pairs)
     objective = la + config.margin_coefficient * marg
