@@ -1,0 +1,285 @@
+"""Table 1: feature metamers at layer 1, six models x five datasets x 5 seeds (paper Sec 4.2).
+
+For every (model, dataset) cell: train the model once (cached checkpoint, `jmeta.runs.
+trained_model`), then synthesise ``metamer.num_seeds`` feature metamers of the first-layer
+activation in one vmapped run (`jmeta.metamers.feature_metamers`), and report S_feat, S_match
+(eq. 13-14) and CS_feat (eq. 15) in percent, mean ± std over the seeds, beside the paper's
+Table 1. CS_feat is computed per seed and then averaged (the paper's table is consistent with
+averaging CS over seeds; ``cs_of_means`` = CS of the mean S_feat and S_match is stored too).
+
+Graphormer attends densely over all n^2 node pairs; on PubMed (19717 nodes) that does not fit in
+memory here, so cells with more than ``max_nodes[model]`` nodes are skipped with the reason.
+
+Outputs (``results/table1`` by default): ``config.json``/``config.yaml``, ``versions.json``,
+``cells/<model>-<dataset>.json`` (resumable grid), ``metamers/<id>.npz|json`` (the metamers),
+``results.json``, ``metrics.csv``, ``table.md`` (ours beside the paper's), ``table1_cs.png``.
+
+Usage:
+  jmeta experiment table1 [--quick] [--set metamer.steps=500] [--data-dir DIR]
+  python experiments/table1.py --quick --out /tmp/t1
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+import numpy as np
+
+from jmeta import runs
+from jmeta.config_io import KwargsOf, ListOf, MapOf, OneOf, Optional as Opt, Range
+from jmeta.data import DATASETS, csbm
+from jmeta.metamers import MetamerConfig
+from jmeta.models import MODEL_NAMES, ModelConfig
+from jmeta.train import TrainConfig
+
+NAME = "table1"
+
+SCHEMA = {
+    "models": ListOf(OneOf(*MODEL_NAMES), min_len=1, unique=True),
+    "datasets": ListOf(OneOf(*DATASETS), min_len=1, unique=True),
+    "split": Range(0, None, integer=True),
+    "seed": Range(0, None, integer=True),
+    "model": ModelConfig,
+    "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig),
+    "train": TrainConfig,
+    "metamer": MetamerConfig,
+    "max_nodes": MapOf(OneOf(*MODEL_NAMES), Range(1, None, integer=True)),
+    "synthetic": KwargsOf(csbm),
+    "cache_dir": Opt(str),
+    "save_metamers": bool,
+}
+
+DEFAULTS = {"split": 0, "seed": 0, "model": {}, "model_overrides": {}, "train": {},
+            "metamer": {}, "max_nodes": {}, "synthetic": {}, "cache_dir": None,
+            "save_metamers": True}
+
+# The paper's Table 1 (arXiv 2510.17378, Table 1), percent: (S_feat, S_feat std, S_match,
+# S_match std, CS_feat, CS_feat std), mean ± std over five runs.
+PAPER = {
+    ("gcn", "cora"): (11.4, 0.05, 96.4, 0.32, 14.12, 0.29),
+    ("gcn", "citeseer"): (8.0, 0.08, 96.1, 0.21, 11.25, 0.24),
+    ("gcn", "pubmed"): (22.2, 0.34, 99.9, 0.01, 22.31, 0.34),
+    ("gcn", "squirrel"): (5.0, 0.19, 84.3, 0.93, 19.16, 1.10),
+    ("gcn", "chameleon"): (7.5, 0.42, 88.8, 0.95, 17.00, 0.98),
+    ("cheb", "cora"): (14.8, 0.11, 96.0, 0.32, 17.60, 0.21),
+    ("cheb", "citeseer"): (10.6, 0.15, 95.0, 0.21, 14.48, 0.25),
+    ("cheb", "pubmed"): (24.3, 0.19, 99.9, 0.02, 24.37, 0.20),
+    ("cheb", "squirrel"): (5.0, 0.10, 86.3, 0.24, 17.36, 0.19),
+    ("cheb", "chameleon"): (10.1, 0.67, 91.8, 0.73, 16.69, 0.60),
+    ("sage", "cora"): (12.6, 0.06, 95.9, 0.51, 15.61, 0.39),
+    ("sage", "citeseer"): (10.0, 0.17, 94.7, 0.50, 14.22, 0.49),
+    ("sage", "pubmed"): (21.2, 0.47, 99.9, 0.02, 21.31, 0.47),
+    ("sage", "squirrel"): (5.8, 0.10, 89.4, 0.45, 15.13, 0.38),
+    ("sage", "chameleon"): (5.4, 0.09, 91.4, 0.52, 13.09, 0.50),
+    ("gin", "cora"): (10.4, 0.14, 97.1, 0.23, 12.65, 0.19),
+    ("gin", "citeseer"): (9.1, 0.16, 96.3, 0.46, 12.16, 0.34),
+    ("gin", "pubmed"): (19.3, 0.81, 99.8, 0.02, 19.38, 0.80),
+    ("gin", "squirrel"): (2.3, 0.08, 90.9, 0.79, 10.93, 0.76),
+    ("gin", "chameleon"): (2.3, 0.21, 87.5, 1.55, 14.19, 1.36),
+    ("gat", "cora"): (15.0, 0.37, 95.0, 0.15, 18.47, 0.26),
+    ("gat", "citeseer"): (12.8, 0.66, 94.0, 1.08, 17.21, 1.22),
+    ("gat", "pubmed"): (41.9, 0.64, 99.9, 0.02, 41.94, 0.64),
+    ("gat", "squirrel"): (32.4, 1.11, 81.7, 0.29, 38.83, 0.76),
+    ("gat", "chameleon"): (18.8, 0.97, 85.6, 1.09, 27.81, 0.99),
+    ("graphormer", "cora"): (14.8, 0.29, 94.6, 0.49, 18.61, 0.56),
+    ("graphormer", "citeseer"): (14.0, 0.52, 93.2, 0.42, 18.88, 0.71),
+    ("graphormer", "pubmed"): (42.7, 0.41, 99.8, 0.01, 42.80, 0.41),
+    ("graphormer", "squirrel"): (46.3, 1.22, 82.8, 0.30, 47.63, 0.78),
+    ("graphormer", "chameleon"): (19.7, 0.81, 86.1, 0.52, 28.14, 0.80),
+}
+
+METRICS = ("s_feat", "s_match", "cs_feat", "act_one_minus_loss", "act_cosine")
+
+
+def resolve(config: dict) -> dict:
+  """The config with defaults filled in (the resolved config that is saved)."""
+  out = {**DEFAULTS, **config}
+  for k in ("models", "datasets"):
+    if k not in out:
+      raise ValueError(f"{NAME}: config key {k!r} is required")
+  return out
+
+
+def make_cells(config: dict) -> list[dict]:
+  """One cell per (dataset, model), dataset-major; every cell holds its resolved configs."""
+  mcfg = MetamerConfig(**config["metamer"])
+  cells = []
+  for ds in config["datasets"]:
+    for m in config["models"]:
+      cells.append({
+          "id": f"{m}-{ds}", "model": m, "dataset": ds, "split": config["split"],
+          "seed": config["seed"],
+          "model_config": runs.model_config_from(config, m).to_dict(),
+          "train_config": runs.train_config_from(config, m).to_dict(),
+          "metamer_config": mcfg.to_dict(),
+          "synthetic": dict(config["synthetic"]) if ds == "synthetic" else {},
+          "max_nodes": config["max_nodes"].get(m),
+      })
+  return cells
+
+
+def feature_cell(cell: dict, run_dir: runs.RunDir, graphs: runs.GraphCache, *,
+                 cache_dir: Optional[str], save_metamers: bool, progress: bool) -> dict:
+  """Trains (or loads) the cell's model and synthesises its feature metamers."""
+  import jax
+  from jmeta.metamers import feature_metamers
+  from jmeta.models import ModelConfig as MC
+  from jmeta.train import TrainConfig as TC
+
+  graph = graphs.get(cell["dataset"], cell["split"], cell["synthetic"])
+  limit = cell.get("max_nodes")
+  if limit is not None and graph.num_nodes > limit:
+    return {"skipped": (f"{cell['model']} on {cell['dataset']}: {graph.num_nodes} nodes > "
+                        f"{limit}; dense n x n attention does not fit in memory on this "
+                        "machine"), "num_nodes": graph.num_nodes}
+  tm = runs.trained_model(MC.from_dict(cell["model_config"]), cell["dataset"],
+                          TC.from_dict(cell["train_config"]), split=cell["split"],
+                          cache_dir=cache_dir, graph=graph, progress=progress)
+  mcfg = MetamerConfig.from_dict(cell["metamer_config"])
+  res = feature_metamers(tm.model, tm.params, graph, jax.random.key(cell["seed"]), mcfg,
+                         progress=progress)
+  res.info.update(model=cell["model"], cell=cell["id"])
+  if save_metamers:
+    res.save(run_dir.file(os.path.join("metamers", cell["id"])))
+  out = runs.metamer_metrics(res)
+  from jmeta.metrics import consistency
+  out["cs_of_means"] = float(consistency(out["s_feat_mean"], out["s_match_mean"]))
+  out.update(num_nodes=graph.num_nodes, num_features=graph.num_features,
+             feature_kind=graph.feature_kind, test_acc=tm.metrics.get("test"),
+             val_acc=tm.metrics.get("val"), train_seconds=tm.metrics.get("train_seconds"),
+             checkpoint=tm.metrics.get("checkpoint"))
+  return out
+
+
+def _pm(row: dict, metric: str, digits: int = 1) -> str:
+  return f"{100 * row[metric + '_mean']:.{digits}f} ± {100 * row[metric + '_std']:.{digits}f}"
+
+
+def _paper_cell(model: str, dataset: str) -> Optional[tuple]:
+  return PAPER.get((model, dataset))
+
+
+def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
+                   num_seeds: int, steps: int) -> str:
+  """Wide tables (ours, then the paper's) and a long comparison table."""
+  by = {(r["model"], r["dataset"]): r for r in rows}
+  head = "| model | " + " | ".join(datasets) + " |\n|---|" + "---|" * len(datasets)
+  lines = [f"# Table 1: feature metamers at layer 1 (percent)", "",
+           f"jmeta: mean ± std over {num_seeds} metamer seeds, {steps} steps; each cell is "
+           "`S_feat / S_match` then `CS_feat` (CS computed per seed, then averaged).", "",
+           head]
+  for m in models:
+    cells = []
+    for d in datasets:
+      r = by[(m, d)]
+      if "skipped" in r:
+        cells.append("skipped")
+      else:
+        cells.append(f"{_pm(r, 's_feat')} / {_pm(r, 's_match')}<br>{_pm(r, 'cs_feat', 2)}")
+    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  paper_ds = [d for d in datasets if any((m, d) in PAPER for m in models)]
+  if paper_ds:
+    lines += ["", "The paper's Table 1 (arXiv 2510.17378), same layout:", "",
+              "| model | " + " | ".join(paper_ds) + " |\n|---|" + "---|" * len(paper_ds)]
+    for m in models:
+      cells = []
+      for d in paper_ds:
+        p = _paper_cell(m, d)
+        cells.append("-" if p is None else
+                     f"{p[0]:.1f} ± {p[1]:.2f} / {p[2]:.1f} ± {p[3]:.2f}<br>{p[4]:.2f} ± "
+                     f"{p[5]:.2f}")
+      lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  lines += ["", "Side by side (jmeta vs paper, percent; test accuracy of the trained model):", "",
+            "| model | dataset | S_feat | paper | S_match | paper | CS_feat | paper | "
+            "test acc |", "|---|---|---|---|---|---|---|---|---|"]
+  for m in models:
+    for d in datasets:
+      r, p = by[(m, d)], _paper_cell(m, d)
+      ps = ("-", "-", "-") if p is None else (f"{p[0]:.1f}", f"{p[2]:.1f}", f"{p[4]:.2f}")
+      if "skipped" in r:
+        lines.append(f"| {m} | {d} | skipped | {ps[0]} | | {ps[1]} | | {ps[2]} | |")
+        continue
+      acc = r.get("test_acc")
+      lines.append(f"| {m} | {d} | {_pm(r, 's_feat')} | {ps[0]} | {_pm(r, 's_match')} | "
+                   f"{ps[1]} | {_pm(r, 'cs_feat', 2)} | {ps[2]} | "
+                   f"{'-' if acc is None else f'{100 * acc:.1f}'} |")
+  skipped = [r for r in rows if "skipped" in r]
+  if skipped:
+    lines += ["", "Skipped cells:"] + [f"- {r['id']}: {r['skipped']}" for r in skipped]
+  return "\n".join(lines) + "\n"
+
+
+def cs_figure(rows: list[dict], models: list[str], datasets: list[str]):
+  """Grouped bars: CS_feat per model for every dataset, ours (solid) and the paper's (hatched)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  by = {(r["model"], r["dataset"]): r for r in rows}
+  fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets) + 1, 3.6),
+                           squeeze=False)
+  x = np.arange(len(models))
+  for ax, d in zip(axes[0], datasets):
+    ours = [100 * by[(m, d)]["cs_feat_mean"] if "skipped" not in by[(m, d)] else np.nan
+            for m in models]
+    err = [100 * by[(m, d)]["cs_feat_std"] if "skipped" not in by[(m, d)] else 0.0
+           for m in models]
+    paper = [PAPER[(m, d)][4] if (m, d) in PAPER else np.nan for m in models]
+    ax.bar(x - 0.2, ours, 0.4, yerr=err, label="jmeta", color="tab:blue")
+    ax.bar(x + 0.2, paper, 0.4, label="paper", color="tab:gray", hatch="//", alpha=0.7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(models, rotation=45, ha="right")
+    ax.set_title(d)
+  axes[0][0].set_ylabel("CS_feat (%)")
+  axes[0][0].legend()
+  fig.tight_layout()
+  return fig
+
+
+def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
+        progress: bool = True) -> dict:
+  """Runs (or resumes) Table 1 into ``out_dir``; returns the summary written to results.json."""
+  config = resolve(config)
+  cells = make_cells(config)  # validates every model / train / metamer config up front
+  rd = runs.RunDir(out_dir)
+  rd.write_config(config)
+  graphs = runs.GraphCache(data_dir)
+  rows = runs.run_grid(
+      cells, lambda c: feature_cell(c, rd, graphs, cache_dir=config["cache_dir"],
+                                    save_metamers=config["save_metamers"], progress=progress),
+      rd, desc=NAME, progress=progress)
+  mcfg = MetamerConfig(**config["metamer"])
+  table = markdown_table(rows, config["models"], config["datasets"], num_seeds=mcfg.num_seeds,
+                         steps=mcfg.steps)
+  rd.write_markdown("table", table)
+  flat = []
+  for r in rows:
+    row = {"model": r["model"], "dataset": r["dataset"]}
+    if "skipped" in r:
+      row["skipped"] = r["skipped"]
+    else:
+      for k in METRICS:
+        row[f"{k}_mean"], row[f"{k}_std"] = r[f"{k}_mean"], r[f"{k}_std"]
+      row["cs_of_means"] = r["cs_of_means"]
+      row["test_acc"] = r.get("test_acc")
+    p = PAPER.get((r["model"], r["dataset"]))
+    if p is not None:
+      row.update(paper_s_feat=p[0] / 100, paper_s_match=p[2] / 100, paper_cs_feat=p[4] / 100)
+    flat.append(row)
+  rd.write_csv("metrics", flat)
+  rd.save_figure("table1_cs", cs_figure(rows, config["models"], config["datasets"]))
+  summary = {"experiment": NAME, "rows": rows, "table": table,
+             "skipped": {r["id"]: r["skipped"] for r in rows if "skipped" in r}}
+  rd.write_json("results", summary)
+  return summary
+
+
+def main(argv=None) -> int:
+  from jmeta.cli import experiment_main
+  return experiment_main(NAME, run, SCHEMA, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
