@@ -13,7 +13,9 @@ import pytest
 from jmeta.graph import make_graph, to_dense
 from jmeta.models import (MODEL_NAMES, ChebConv, GATConv, GCNConv, GINConv, ModelConfig,
                           ModelOutput, SAGEConv, check_params_match, create_model, head_split)
-from jmeta.models.propagate import DenseAdj, EdgeList, shortest_path_buckets
+from jmeta.models.graphormer import attention_keep_mask
+from jmeta.models.propagate import (DenseAdj, EdgeList, pack_bits, segment_or, shortest_path_buckets,
+                                    unpack_bits)
 
 N, D = 9, 4
 # Undirected pairs (both directions, independent weights), one one-way edge 5 -> 6, node 8
@@ -240,6 +242,43 @@ def test_shortest_path_buckets_match_networkx(max_spd):
     got_d = jax.jit(shortest_path_buckets, static_argnums=1)(DenseAdj(to_dense(g)), max_spd)
     np.testing.assert_array_equal(got_e, want)
     np.testing.assert_array_equal(got_d, want)
+
+
+def test_pack_bits_and_segment_or_match_numpy():
+  rng = np.random.default_rng(5)
+  b = rng.random((6, 70)) < 0.3                      # 70 columns: 3 words, 26 padding bits
+  words = pack_bits(jnp.asarray(b))
+  assert words.shape == (6, 3) and words.dtype == jnp.uint32
+  np.testing.assert_array_equal(unpack_bits(words, 70), b)
+  # Bitwise OR per receiver against a numpy loop; node 3 has no in-edge (gets 0).
+  s = np.array([0, 1, 2, 4, 5, 0, 2, 1]); r = np.array([1, 0, 0, 2, 2, 4, 5, 4])
+  vals = rng.integers(0, 2**32, size=(8, 3), dtype=np.uint32)
+  want = np.zeros((6, 3), np.uint32)
+  for e in range(8):
+    want[r[e]] |= vals[e]
+  got = segment_or(EdgeList(jnp.asarray(s), jnp.asarray(r), jnp.ones(8), 6), jnp.asarray(vals))
+  np.testing.assert_array_equal(got, want)
+
+
+def test_graphormer_spd_prior_init(graph):
+  cfg = ModelConfig("graphormer", hidden=8, heads=2, max_spd=3)
+  table = _init(create_model(cfg, 3), graph)["params"]["spd_bias"]["embedding"]
+  want = np.tile(-2.0 * np.arange(5.0)[:, None], (1, 2))  # buckets 0..max_spd+1, every head
+  np.testing.assert_allclose(table, want)
+
+
+def test_attention_keep_mask_rate_and_determinism():
+  shape = (4, 300, 300)
+  for rate in (0.1, 0.5):
+    mask, keep = attention_keep_mask(jax.random.key(0), shape, rate)
+    assert keep == 1.0 - round(rate * 256) / 256 and abs(keep - (1 - rate)) <= 2**-9
+    assert mask.shape == shape and mask.dtype == jnp.bool_
+    # 360 000 Bernoulli draws: the mean is within 5 standard deviations of keep.
+    assert abs(float(mask.mean()) - keep) < 5 * np.sqrt(keep * (1 - keep) / mask.size)
+  again, _ = attention_keep_mask(jax.random.key(0), shape, 0.5)
+  other, _ = attention_keep_mask(jax.random.key(1), shape, 0.5)
+  np.testing.assert_array_equal(again, mask)
+  assert float(jnp.mean(other != mask)) > 0.4
 
 
 def _layer_norm(x, p, eps=1e-6):

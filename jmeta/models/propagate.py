@@ -262,19 +262,61 @@ def attend(s: Structure, alpha: Array, x: Array) -> Array:
 # -- shortest paths (Graphormer) ----------------------------------------------------------------
 
 
-def segment_reach_step(s: EdgeList, reach: Array) -> Array:
-  """One BFS step: ``new[j, u] = reach[j, u] or any(reach[i, u] for i -> j with w != 0)``.
+def pack_bits(b: Array) -> Array:
+  """Packs the last axis of a bool array into ``uint32`` words, little-endian bit order.
 
-  ``reach: [n, n] bool``, ``reach[j, u]``: ``u`` reaches ``j``. Cost ``O(E n)``.
+  ``b: [..., m] bool`` -> ``[..., ceil(m / 32)] uint32``; bit ``t`` of word ``w`` is
+  ``b[..., 32 w + t]`` (padding bits 0).
   """
-  live = (s.weight != 0).astype(jnp.int8)[:, None]
-  hop = jax.ops.segment_max(reach.astype(jnp.int8)[s.senders] * live, s.receivers,
-                            num_segments=s.num_nodes)
-  return reach | (hop > 0)
+  m = b.shape[-1]
+  words = -(-m // 32)
+  pad = [(0, 0)] * (b.ndim - 1) + [(0, 32 * words - m)]
+  bits = jnp.pad(b, pad).reshape(b.shape[:-1] + (words, 32)).astype(jnp.uint32)
+  return jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=-1, dtype=jnp.uint32)
+
+
+def unpack_bits(words: Array, m: int) -> Array:
+  """Inverse of `pack_bits`: ``[..., W] uint32`` -> ``[..., m] bool``."""
+  bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
+  return bits.reshape(words.shape[:-1] + (-1,))[..., :m].astype(bool)
+
+
+def segment_or(s: EdgeList, vals: Array) -> Array:
+  """``out[j] = OR_{e: receivers[e] = j} vals[e]`` (bitwise), 0 for a node without in-edges.
+
+  ``vals: [E, W] uint32`` -> ``[n, W] uint32``. XLA has no scatter-OR, so the edges are sorted
+  by receiver and a segmented inclusive OR-scan (`jax.lax.associative_scan`, ``O(E W log E)``)
+  is read at the last edge of each receiver.
+  """
+  n, e = s.num_nodes, s.receivers.shape[0]
+  if e == 0:
+    return jnp.zeros((n,) + vals.shape[1:], vals.dtype)
+  order = jnp.argsort(s.receivers)
+  rcv, vals = s.receivers[order], vals[order]
+  start = jnp.concatenate([jnp.ones((1,), bool), rcv[1:] != rcv[:-1]])
+
+  def combine(a, b):
+    fa, va = a
+    fb, vb = b
+    return fa | fb, jnp.where(fb[..., None], vb, va | vb)
+
+  _, scanned = jax.lax.associative_scan(combine, (start, vals))
+  last = jax.ops.segment_max(jnp.arange(e), rcv, num_segments=n)        # -big if no in-edge
+  return jnp.where((last >= 0)[:, None], scanned[jnp.clip(last, 0, e - 1)], 0)
+
+
+def segment_reach_step(s: EdgeList, reach: Array) -> Array:
+  """One BFS step on bit-packed reachability, ``O(E n / 32)`` words.
+
+  ``reach: [n, W] uint32`` (`pack_bits` of ``[n, n] bool``; ``reach[j, u]``: ``u`` reaches
+  ``j``) -> ``new[j, u] = reach[j, u] or any(reach[i, u] for i -> j with w != 0)``.
+  """
+  live = (s.weight != 0)[:, None]
+  return reach | segment_or(s, jnp.where(live, reach[s.senders], jnp.uint32(0)))
 
 
 def dense_reach_step(s: DenseAdj, reach: Array) -> Array:
-  """`segment_reach_step` with a matmul, ``O(n^3)``."""
+  """`segment_reach_step` with a matmul, ``O(n^3)``, on ``[n, n] bool`` (unpacked)."""
   b = (s.adj != 0).astype(jnp.float32)
   return reach | ((b.T @ reach.astype(jnp.float32)) > 0)
 
@@ -286,9 +328,13 @@ def shortest_path_buckets(s: Structure, max_spd: int) -> Array:
   weight, clamped to ``max_spd``; ``max_spd + 1`` where ``u`` cannot reach ``j``; 0 on the
   diagonal. Distances ``1..max_spd`` come from ``max_spd`` BFS steps (``dist = first k`` with
   ``(B^k)_{uj} > 0``, ``B`` the binary adjacency). Reachability beyond that is completed by a
-  ``lax.while_loop`` until nothing changes: more BFS steps on an edge list (``O(E n)`` each),
-  repeated squaring of the reach matrix on a dense adjacency (``O(n^3)`` each, ``log2`` of the
-  diameter of steps).
+  ``lax.while_loop`` until nothing changes: more BFS steps on an edge list, repeated squaring of
+  the reach matrix on a dense adjacency (``O(n^3)`` each, ``log2`` of the diameter of steps).
+
+  On an edge list the reach matrix is bit-packed (`pack_bits`, 32 sources per ``uint32``) and a
+  BFS step is a gather plus a segmented OR-scan over the edges (`segment_reach_step`): on Cora
+  (n = 2708, E = 10556, diameter 19) the whole computation takes ~0.05 s instead of ~0.7 s with
+  an ``[E, n]`` int8 gather and ``segment_max`` per step.
 
   Args:
     s: the structure (weights only matter through ``w != 0``).
@@ -298,29 +344,28 @@ def shortest_path_buckets(s: Structure, max_spd: int) -> Array:
     ``[n, n] int32`` buckets in ``[0, max_spd + 1]``.
   """
   n = s.num_nodes
+  eye = jnp.eye(n, dtype=bool)
+  spd = jnp.where(eye, 0, max_spd + 1).astype(jnp.int32)
   if isinstance(s, EdgeList):
     s = s.replace(weight=jax.lax.stop_gradient(s.weight))
-    step = lambda r: segment_reach_step(s, r)
+    step = advance = lambda r: segment_reach_step(s, r)
+    init, unpack = pack_bits(eye), lambda r: unpack_bits(r, n)
   else:
     s = DenseAdj(jax.lax.stop_gradient(s.adj))
     step = lambda r: dense_reach_step(s, r)
-  eye = jnp.eye(n, dtype=bool)
-  spd = jnp.where(eye, 0, max_spd + 1).astype(jnp.int32)
+    init, unpack = eye, lambda r: r
+
+    def advance(r):
+      rf = r.astype(jnp.float32)
+      return r | ((rf @ rf) > 0)
 
   def bfs(k, carry):
     reach, spd = carry
     new = step(reach)
-    spd = jnp.where(new & ~reach, k, spd)
+    spd = jnp.where(unpack(new) & ~unpack(reach), k, spd)
     return new, spd
 
-  reach, spd = jax.lax.fori_loop(1, max_spd + 1, bfs, (eye, spd))
-
-  if isinstance(s, EdgeList):
-    advance = step
-  else:
-    def advance(r):
-      rf = r.astype(jnp.float32)
-      return r | ((rf @ rf) > 0)
+  reach, spd = jax.lax.fori_loop(1, max_spd + 1, bfs, (init, spd))
 
   def cond(carry):
     return carry[1]
@@ -331,8 +376,7 @@ def shortest_path_buckets(s: Structure, max_spd: int) -> Array:
     return new, jnp.any(new != r)
 
   reach_all, _ = jax.lax.while_loop(cond, body, (reach, jnp.array(True)))
-  spd = jnp.where(reach_all & ~reach, max_spd, spd)
-  return spd
+  return jnp.where(unpack(reach_all) & ~unpack(reach), max_spd, spd)
 
 
 def binary_in_degree(s: Structure) -> Array:
