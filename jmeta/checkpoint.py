@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any, Mapping, NamedTuple, Optional
 
@@ -31,6 +30,7 @@ import jax
 import numpy as np
 
 import jmeta
+from jmeta.io import atomic_write_bytes
 from jmeta.models import ModelConfig
 
 FORMAT_VERSION = 1
@@ -54,21 +54,6 @@ class Checkpoint(NamedTuple):
   num_features: int
   num_classes: int
   meta: dict
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -150,8 +135,8 @@ def save_checkpoint(path: str | os.PathLike, params: Any, model_config: Any, *,
   if os.path.exists(path) and not os.path.isdir(path):
     raise ValueError(f"checkpoint path {path!r} exists and is not a directory")
   os.makedirs(path, exist_ok=True)
-  _atomic_write_bytes(os.path.join(path, PARAMS_FILE), data)
-  _atomic_write_bytes(os.path.join(path, META_FILE),
+  atomic_write_bytes(os.path.join(path, PARAMS_FILE), data)
+  atomic_write_bytes(os.path.join(path, META_FILE),
                       (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
   return path
 

@@ -36,13 +36,14 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from jmeta.io import atomic_write_bytes, atomic_write_text
 
 CELL_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]*$")
 CACHE_FORMAT = 1
@@ -74,37 +75,6 @@ def default_cache_dir() -> str:
 
 
 # -- atomic writes and JSON ------------------------------------------------------------------------
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes ``data`` to ``path`` atomically (temporary file in the same directory, fsync,
-  ``os.replace``); creates the parent directory."""
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """`atomic_write_bytes` of UTF-8 text."""
-  atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -195,8 +195,10 @@ _TRAIN_DEFAULTS = {
 def default_train_config(model_name: str, **overrides) -> TrainConfig:
   """The default `TrainConfig` for an architecture, with ``overrides`` applied.
 
-  GAT uses lr 0.005 (Velickovic et al.; PyG example); every other model the `TrainConfig`
-  defaults (lr 0.01, weight decay 5e-4, 200 epochs, patience 100).
+  GAT uses lr 0.005 (Velickovic et al.; PyG example); Graphormer 100 epochs with patience 50
+  (its dense attention makes an epoch costly, and its best validation epoch comes before 100);
+  every other model the `TrainConfig` defaults (lr 0.01, weight decay 5e-4, 200 epochs,
+  patience 100).
   """
   kw = dict(_TRAIN_DEFAULTS.get(str(model_name).lower(), {}))
   kw.update(overrides)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
+
+from jmeta.io import atomic_write_bytes
 
 DATA_ENV = "JMETA_DATA"
 
@@ -138,22 +139,6 @@ def sha256_bytes(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def write_atomic(dest: Path, data: bytes) -> None:
-  """Writes ``data`` to ``dest`` through a temporary file in the same folder and a rename."""
-  dest.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, dest)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def download(url: str, dest: Path, sha256: Optional[str], fetch: Optional[Fetch] = None) -> Path:
   """Fetches ``url``, checks its sha256 and writes it atomically to ``dest``.
 
@@ -168,7 +153,7 @@ def download(url: str, dest: Path, sha256: Optional[str], fetch: Optional[Fetch]
     if got != sha256:
       raise ChecksumError(f"sha256 mismatch for {url}: expected {sha256}, got {got} "
                           f"({len(data)} bytes); the file was not saved to {dest}")
-  write_atomic(dest, data)
+  atomic_write_bytes(dest, data)
   return dest
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
-import tempfile
 from typing import Any, Dict
 
 import numpy as np
 
+from jmeta.io import atomic_write_bytes, atomic_write_text
 from jmeta.metamers.config import MetamerConfig
 
 KINDS = ("feature", "structure")
@@ -53,9 +54,10 @@ class MetamerResult:
     arrays.update({f"metric/{k}": np.asarray(v) for k, v in self.metrics.items()})
     meta = {"kind": self.kind, "config": self.config.to_dict(), "info": self.info,
             "summary": self.summary()}
-    _atomic_write(path + ".npz", lambda f: np.savez_compressed(f, **arrays))
-    _atomic_write(path + ".json",
-                  lambda f: f.write(json.dumps(meta, indent=2, sort_keys=True).encode()))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path + ".npz", buf.getvalue())
+    atomic_write_text(path + ".json", json.dumps(meta, indent=2, sort_keys=True))
 
   @classmethod
   def load(cls, path: str) -> "MetamerResult":
@@ -71,17 +73,3 @@ class MetamerResult:
     return cls(kind=meta["kind"], metamers=arrays["metamers"], losses=arrays["losses"],
                steps=arrays["steps"], density=arrays["density"], metrics=metrics,
                config=MetamerConfig.from_dict(meta["config"]), info=meta.get("info", {}))
-
-
-def _atomic_write(path: str, write) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
