@@ -37,7 +37,8 @@ def continuous():
 @pytest.mark.parametrize("field,value", [("steps", 0), ("num_seeds", 0), ("slope", 0.0),
                                          ("slope", -1.0), ("layer", 0), ("learning_rate", 0.0),
                                          ("margin_sign", "up"), ("density", "free"),
-                                         ("tol", -1.0), ("chunk", 0)])
+                                         ("tol", -1.0), ("chunk", 0), ("seed_batch", -1),
+                                         ("seed_batch", 1.5)])
 def test_config_rejects_bad_values(field, value):
   with pytest.raises(ValueError, match=field):
     MetamerConfig(**{field: value})
@@ -159,7 +160,7 @@ def _spec_and_data(model, params, graph, cfg):
 def test_loop_compiles_once_and_loss_decreases(small, monkeypatch):
   graph, model, params = small
   # A chunk length no other test uses, so that this spec is traced here first.
-  cfg = MetamerConfig(steps=93, chunk=31, num_seeds=3, learning_rate=0.05)
+  cfg = MetamerConfig(steps=93, chunk=31, num_seeds=3, learning_rate=0.05, seed_batch=0)
   monkeypatch.setattr(feat, "feature_activation",
                       chex.assert_max_traces(feat.feature_activation, n=1))
   spec, data_ = _spec_and_data(model, params, graph, cfg)
@@ -191,6 +192,32 @@ def test_vmapped_seeds_equal_separate_runs(small):
     np.testing.assert_array_equal(both.metamers[i], np.asarray(hard).astype(np.uint8))
   # Different seeds give different metamers.
   assert np.any(both.metamers[0] != both.metamers[1])
+
+
+@pytest.mark.parametrize("seed_batch", [0, 1, 2])
+def test_seed_groups_give_the_same_metamers(small, seed_batch):
+  """Seeds vmapped all together, one by one, or in uneven groups (2 + 1): same results."""
+  graph, model, params = small
+  cfg = MetamerConfig(steps=15, chunk=5, num_seeds=3, learning_rate=0.02, seed_batch=seed_batch)
+  res = feature_metamers(model, params, graph, jax.random.key(5), cfg, progress=False)
+  ref = feature_metamers(model, params, graph, jax.random.key(5),
+                         MetamerConfig(steps=15, chunk=5, num_seeds=3, learning_rate=0.02,
+                                       seed_batch=3), progress=False)
+  chex.assert_shape(res.losses, (3, 15))
+  np.testing.assert_allclose(res.losses, ref.losses, rtol=2e-5, atol=1e-6)
+  np.testing.assert_array_equal(res.metamers, ref.metamers)
+
+
+def test_automatic_group_size():
+  assert opt.group_size(None, 8, "cpu") == 1
+  assert opt.group_size(None, 20, "cpu") == 3  # at most 8 groups
+  assert opt.group_size(None, 8, "gpu") == 8
+  assert opt.group_size(0, 5, "cpu") == 5
+  assert opt.group_size(7, 5, "cpu") == 5
+  state = opt.LoopState(*[jnp.arange(5)] * len(opt.LoopState._fields))
+  groups = opt.split_groups(state, 2)
+  assert [int(g.step.shape[0]) for g in groups] == [2, 2, 1]
+  chex.assert_trees_all_equal(opt.merge_groups(groups), state)
 
 
 def test_tolerance_stops_early(small):

@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jmeta.metamers.config import MetamerConfig
@@ -82,10 +83,12 @@ def _select(pred: jax.Array, new: PyTree, old: PyTree) -> PyTree:
 def make_chunk_fn(loss_fn: LossFn, config: MetamerConfig,
                   optimizer: optax.GradientTransformation,
                   select_fn: Optional[SelectFn] = None) -> Callable:
-  """Builds ``chunk(state, data) -> (state, act_losses [S, chunk])`` for a batch of seeds.
+  """Builds ``chunk(groups, data) -> (groups, act_losses [S, chunk])``.
 
-  One step: ``select_fn`` (non-differentiable, e.g. the exact top-k) runs seed by seed with
-  ``lax.map``; the loss gradient and the Adam update are vmapped over the seeds.
+  ``groups`` is a tuple of `LoopState` batches (each with a leading seed axis); a step runs the
+  groups one after another (unrolled in the program) and, within a group, vmaps over seeds:
+  ``select_fn`` (non-differentiable, e.g. the exact top-k) runs seed by seed with ``lax.map``;
+  the loss gradient and the Adam update are vmapped.
   """
   grad_fn = jax.vmap(jax.value_and_grad(loss_fn, has_aux=True), in_axes=(0, 0, None))
   update_fn = jax.vmap(optimizer.update)
@@ -119,10 +122,14 @@ def make_chunk_fn(loss_fn: LossFn, config: MetamerConfig,
     state = jax.lax.cond(jnp.all(keep_new), lambda n, o: n, merge, new, state)
     return state, jnp.where(active, act_loss, jnp.nan)
 
-  def chunk(state: LoopState, data):
-    state, losses = jax.lax.scan(functools.partial(one_step, data), state, None,
-                                 length=config.chunk)
-    return state, losses.T
+  def step_groups(data, groups, _):
+    out = [one_step(data, g, None) for g in groups]
+    return tuple(o[0] for o in out), jnp.concatenate([o[1] for o in out])
+
+  def chunk(groups: Tuple[LoopState, ...], data):
+    groups, losses = jax.lax.scan(functools.partial(step_groups, data), tuple(groups), None,
+                                  length=config.chunk)
+    return groups, losses.T
 
   return chunk
 
@@ -141,18 +148,38 @@ def init_states(spec, keys: jax.Array, data) -> LoopState:
   return jax.vmap(lambda k: _init_state(spec.objective(), optimizer, k, data))(keys)
 
 
+def group_size(seed_batch: Optional[int], num_seeds: int, backend: str) -> int:
+  """Seeds per vmapped group for `MetamerConfig.seed_batch` (None: chosen for ``backend``)."""
+  if seed_batch is None:
+    seed_batch = -(-num_seeds // 8) if backend == "cpu" else 0
+  return num_seeds if seed_batch <= 0 else min(seed_batch, num_seeds)
+
+
+def split_groups(state: LoopState, size: int) -> Tuple[LoopState, ...]:
+  """Splits a ``[S]``-batched state into groups of ``size`` seeds (the last may be smaller)."""
+  num = int(state.step.shape[0])
+  return tuple(jax.tree.map(lambda a, i=i: a[i:i + size], state) for i in range(0, num, size))
+
+
+def merge_groups(groups: Tuple[LoopState, ...]) -> LoopState:
+  """Inverse of `split_groups`."""
+  return jax.tree.map(lambda *a: jnp.concatenate(a), *groups)
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def run_chunk(spec, state: LoopState, data):
-  """``config.chunk`` steps of every seed: ``(state, act_losses [S, chunk])``."""
+def run_chunk(spec, groups: Tuple[LoopState, ...], data):
+  """``config.chunk`` steps of every seed group: ``(groups, act_losses [S, chunk])``."""
   objective = spec.objective()
   chunk = make_chunk_fn(objective.loss, spec.config, optax.adam(spec.config.learning_rate),
                         objective.select)
-  return chunk(state, data)
+  return chunk(groups, data)
 
 
 def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
              desc: str = "metamer") -> LoopResult:
-  """Runs the metamer optimisation for every key in ``keys`` as one vmapped program (eq. 6).
+  """Runs the metamer optimisation for every key in ``keys`` as one compiled program (eq. 6).
+
+  The seeds are vmapped, in groups of ``config.seed_batch`` (see `MetamerConfig`).
 
   Args:
     spec: a hashable parametrisation with ``config`` (a `MetamerConfig`: steps, learning rate,
@@ -171,7 +198,8 @@ def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
   from tqdm.auto import tqdm
 
   config = spec.config
-  state = init_states(spec, keys, data)
+  size = group_size(config.seed_batch, int(keys.shape[0]), jax.default_backend())
+  state = split_groups(init_states(spec, keys, data), size)
   t0 = time.perf_counter()
   compiled = run_chunk.lower(spec, state, data).compile()  # reuses the compilation cache
   compile_seconds = time.perf_counter() - t0
@@ -183,14 +211,16 @@ def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
     for _ in range(n_chunks):
       state, losses = compiled(state, data)
       curves.append(losses)
-      done = jax.device_get(state.done)
-      steps = jax.device_get(state.step)
+      done = np.concatenate([jax.device_get(g.done) for g in state])
+      steps = np.concatenate([jax.device_get(g.step) for g in state])
+      last = np.concatenate([jax.device_get(g.act_loss) for g in state])
       bar.update(int(min(steps.max(), config.steps)) - bar.n)
-      bar.set_postfix(act_loss=float(jnp.nanmean(jnp.where(jnp.isfinite(state.act_loss),
-                                                           state.act_loss, jnp.nan))))
+      finite = last[np.isfinite(last)]
+      if finite.size:
+        bar.set_postfix(act_loss=float(finite.mean()))
       if bool(done.all()):
         break
-  jax.block_until_ready(state)
+  state = merge_groups(jax.block_until_ready(state))
   run_seconds = time.perf_counter() - t0
   losses = jnp.concatenate(curves, axis=1)[:, :config.steps]
   steps = jnp.minimum(state.step, config.steps)
