@@ -122,6 +122,27 @@ def test_fused_straight_through_equals_autodiff_of_the_paper_objective(margin_co
                              atol=1e-7)
 
 
+@pytest.mark.parametrize("margin_coef", [0.0, -0.4])
+def test_fused_structure_straight_through_equals_autodiff_of_eq_11_12(margin_coef):
+  n, k, s = 12, 10, 1.3
+  soft = struct.init_soft_adjacency(jax.random.key(2), n)
+  hard = struct.hard_adjacency(soft, k)
+  w = jax.random.normal(jax.random.key(3), (n, n))  # not symmetric: both directions matter
+  pairs = n * (n - 1) // 2
+
+  def fused(z):
+    return jnp.sum(w * struct.straight_through_adjacency(z, hard, s, margin_coef))
+
+  def paper(z):  # eq. (11)-(12) on the symmetrised upper triangle, margin over the pairs
+    adj, p, _ = struct.binary_adjacency(z, k, s)
+    return jnp.sum(w * adj) + margin_coef * jnp.sum(p * (1 - p)) / (2 * pairs)
+
+  np.testing.assert_array_equal(struct.straight_through_adjacency(soft, hard, s, margin_coef),
+                                hard)
+  np.testing.assert_allclose(jax.grad(fused)(soft), jax.grad(paper)(soft), rtol=1e-5,
+                             atol=1e-7)
+
+
 def test_structure_parametrisation_is_symmetric_binary_without_loops():
   n, k = 12, 17
   soft = struct.init_soft_adjacency(jax.random.key(0), n)

@@ -136,6 +136,36 @@ def test_cheb_ignores_self_loops(graph):
                               _apply(conv, v, graph.x, DenseAdj(adj)), **TOL)
 
 
+def test_lazy_dense_adjacency_equals_its_explicit_matrix():
+  """Scales and loops kept beside ``adj`` give the numbers of the explicit matrix."""
+  from jmeta.models import propagate as pr
+  rng = np.random.default_rng(3)
+  a = rng.uniform(0.0, 1.0, (N, N)) * (rng.random((N, N)) < 0.5)
+  np.fill_diagonal(a, rng.uniform(0.5, 1.0, N))  # a non-zero diagonal
+  x = rng.normal(size=(N, 3))
+  lft, rgt = rng.uniform(0.5, 2.0, N), rng.uniform(0.5, 2.0, N)
+  a_no_diag = a - np.diag(np.diag(a))
+  cases = {  # structure -> its explicit matrix (numpy)
+      "loops": (pr.with_self_loops(DenseAdj(jnp.asarray(a)), 2.0), a + 2.0 * np.eye(N)),
+      "scaled": (pr.scale(pr.with_self_loops(DenseAdj(jnp.asarray(a))), lft, rgt),
+                 lft[:, None] * (a + np.eye(N)) * rgt[None, :]),
+      "no_loops_after_scale": (pr.without_self_loops(pr.scale(DenseAdj(jnp.asarray(a)), lft,
+                                                                rgt)),
+                               lft[:, None] * a_no_diag * rgt[None, :]),
+      "loops_after_scale": (pr.with_self_loops(pr.scale(DenseAdj(jnp.asarray(a)), lft, rgt)),
+                            lft[:, None] * a * rgt[None, :] + np.eye(N)),
+      "gcn": (pr.gcn_norm(DenseAdj(jnp.asarray(a))),
+              (a + np.eye(N)) / np.sqrt(np.outer((a + np.eye(N)).sum(0), (a + np.eye(N)).sum(0)))),
+      "cheb": (pr.cheb_norm(DenseAdj(jnp.asarray(a))),
+               -a_no_diag / np.sqrt(np.outer(a_no_diag.sum(1), a_no_diag.sum(1)))),
+  }
+  for name, (st, m) in cases.items():
+    np.testing.assert_allclose(st.matrix(), m, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(pr.propagate(st, x), m.T @ x, rtol=1e-5, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(pr.in_degree(st), m.sum(0), rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(pr.out_degree(st), m.sum(1), rtol=1e-5, err_msg=name)
+
+
 def test_sage_conv_closed_form(graph):
   conv = SAGEConv(5)
   v = _init_conv(conv, graph)

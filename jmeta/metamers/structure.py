@@ -12,6 +12,7 @@ path of the models).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +30,7 @@ _EXCLUDED = -3.0e38
 class StructureAux(NamedTuple):
   threshold: jax.Array  # float32 scalar: k-th largest upper-triangle logit (warm start)
   density: jax.Array    # float32 scalar: fraction of selected pairs
-  mask: jax.Array       # [n, n] bool: the selected pairs (upper triangle)
+  mask: jax.Array       # [n, n] bool: the selected pairs, both directions (symmetric)
 
 
 def upper_mask(n: int) -> jax.Array:
@@ -69,6 +70,48 @@ def binary_adjacency(soft: jax.Array, k: int, slope: float, threshold_hint=None)
   hard_upper = sel.mask.astype(p.dtype)
   hard = hard_upper + hard_upper.T
   return p + jax.lax.stop_gradient(hard - p), p, sel.threshold
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def straight_through_adjacency(soft: jax.Array, hard: jax.Array, slope: float,
+                               margin_coef: float) -> jax.Array:
+  """Fused straight-through adjacency of eq. (12) with the margin of eq. (10).
+
+  Value: ``hard`` (exactly binary and symmetric). Gradient with respect to ``soft``: that of
+  ``triu(P) + triu(P)^T + stopgrad(hard - ...) + margin_coef * mean_{i<j} P_ij (1 - P_ij)`` with
+  ``P = sigmoid(slope * soft)`` (`binary_adjacency` computes the same by autodiff), i.e. on the
+  strict upper triangle ``slope P (1 - P) (g_ij + g_ji + margin_coef (1 - 2 P) / pairs)`` and 0
+  elsewhere, in one pass. No gradient reaches ``hard``.
+
+  Args:
+    soft: ``[n, n]`` logits (the strict upper triangle is used).
+    hard: ``[n, n]`` symmetric 0/1 adjacency, zero diagonal (same dtype as soft).
+    slope: sigmoid slope s (static).
+    margin_coef: signed lambda_reg (static), see `MetamerConfig.margin_coefficient`.
+
+  Returns:
+    ``hard``.
+  """
+  del soft, slope, margin_coef
+  return hard
+
+
+def _sta_fwd(soft, hard, slope, margin_coef):
+  del slope, margin_coef
+  return hard, soft
+
+
+def _sta_bwd(slope, margin_coef, soft, g):
+  n = soft.shape[0]
+  pairs = n * (n - 1) // 2
+  upper = (jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
+           < jax.lax.broadcasted_iota(jnp.int32, (n, n), 1))
+  p = jax.nn.sigmoid(slope * soft)
+  grad = slope * p * (1.0 - p) * (g + g.T + (margin_coef / pairs) * (1.0 - 2.0 * p))
+  return jnp.where(upper, grad, 0.0), None
+
+
+straight_through_adjacency.defvjp(_sta_fwd, _sta_bwd)
 
 
 def hard_adjacency(soft: jax.Array, k: int, threshold_hint=None) -> jax.Array:
@@ -123,7 +166,8 @@ def make_structure_objective(spec: StructureSpec) -> Objective:
   """Builds the `Objective` of a structure metamer for `optimize`.
 
   ``select`` computes the exact top-k pairs (non-differentiable, warm-started); ``loss`` applies
-  the straight-through estimator of eq. (12) and the margin of eq. (10) over the candidate pairs.
+  the straight-through estimator of eq. (12) and the margin of eq. (10) over the candidate pairs,
+  fused (`straight_through_adjacency`).
 
   Args:
     spec: the run's `StructureSpec`.
@@ -144,16 +188,13 @@ def make_structure_objective(spec: StructureSpec) -> Objective:
   def select_fn(soft, aux, data):
     del data
     sel = topk_mask(jnp.where(upper_mask(n), soft, _EXCLUDED), k, aux.threshold)
-    return aux._replace(threshold=sel.threshold, mask=sel.mask)
+    return aux._replace(threshold=sel.threshold, mask=sel.mask | sel.mask.T)
 
   def loss_fn(soft, aux, data):
-    p = symmetrize_upper(jax.nn.sigmoid(config.slope * soft))
-    hard_upper = aux.mask.astype(p.dtype)
-    adj = p + jax.lax.stop_gradient(hard_upper + hard_upper.T - p)
+    # The value is the hard adjacency; the margin (eq. 10) enters through the gradient only.
+    adj = straight_through_adjacency(soft, aux.mask.astype(soft.dtype), config.slope,
+                                     config.margin_coefficient)
     la = jnp.sum((spec.activation(adj, data) - data.h_ref) ** 2) / jnp.sum(data.h_ref ** 2)
-    # Margin over the candidate pairs: p is symmetric, so the full-matrix sum counts each twice.
-    marg = jnp.sum(p * (1.0 - p)) / (2.0 * pairs)
-    objective = la + config.margin_coefficient * marg
-    return objective, (la, aux)
+    return la, (la, aux)
 
   return Objective(init_fn, loss_fn, select_fn, k)
