@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jmeta.graph import Graph
 from jmeta.metamers.config import MetamerConfig
 from jmeta.metamers.optimize import Objective
+from jmeta.metamers.ste import make_straight_through
 from jmeta.metamers.topk import topk_mask
 
 
@@ -58,41 +59,28 @@ def num_active(density: float, size: int) -> int:
   return int(round(density * size))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def straight_through(soft: jax.Array, hard: jax.Array, slope: float,
-                     margin_coef: float) -> jax.Array:
-  """Fused straight-through estimator of eq. (9) with the margin of eq. (10).
-
-  Value: ``hard`` (exactly binary). Gradient with respect to ``soft``: that of
-  ``P + stopgrad(hard - P) + margin_coef * mean(P (1 - P))`` with ``P = sigmoid(slope * soft)``,
-  i.e. ``slope P (1 - P) (g + margin_coef (1 - 2P) / N)``, computed in one elementwise pass (P
-  is recomputed in the backward pass instead of being stored). No gradient reaches ``hard``.
-
-  Args:
-    soft: ``[n, d]`` logits ``X'_soft``.
-    hard: ``[n, d]`` the hard mask (0/1, same dtype as soft).
-    slope: sigmoid slope s (static).
-    margin_coef: signed lambda_reg (static), see `MetamerConfig.margin_coefficient`.
-
-  Returns:
-    ``hard``.
-  """
-  del soft, slope, margin_coef
-  return hard
-
-
-def _st_fwd(soft, hard, slope, margin_coef):
-  del slope, margin_coef
-  return hard, soft
-
-
-def _st_bwd(slope, margin_coef, soft, g):
+def _feature_surrogate_grad(soft, g, slope, margin_coef):
   p = jax.nn.sigmoid(slope * soft)
-  grad = slope * p * (1.0 - p) * (g + (margin_coef / soft.size) * (1.0 - 2.0 * p))
-  return grad, None
+  return slope * p * (1.0 - p) * (g + (margin_coef / soft.size) * (1.0 - 2.0 * p))
 
 
-straight_through.defvjp(_st_fwd, _st_bwd)
+straight_through = make_straight_through(_feature_surrogate_grad, """\
+Fused straight-through estimator of eq. (9) with the margin of eq. (10).
+
+Value: ``hard`` (exactly binary). Gradient with respect to ``soft``: that of
+``P + stopgrad(hard - P) + margin_coef * mean(P (1 - P))`` with ``P = sigmoid(slope * soft)``,
+i.e. ``slope P (1 - P) (g + margin_coef (1 - 2P) / N)``, computed in one elementwise pass (P is
+recomputed in the backward pass instead of being stored). No gradient reaches ``hard``.
+
+Args:
+  soft: ``[n, d]`` logits ``X'_soft``.
+  hard: ``[n, d]`` the hard mask (0/1, same dtype as soft).
+  slope: sigmoid slope s (static).
+  margin_coef: signed lambda_reg (static), see `MetamerConfig.margin_coefficient`.
+
+Returns:
+  ``hard``.
+""")
 
 
 def binary_features(soft: jax.Array, k, slope: float, threshold_hint=None, rho=None):

@@ -12,7 +12,6 @@ path of the models).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 from jmeta.graph import Graph
 from jmeta.metamers.config import MetamerConfig
 from jmeta.metamers.optimize import Objective
+from jmeta.metamers.ste import make_straight_through
 from jmeta.metamers.topk import topk_mask
 
 # Score given to the lower triangle and the diagonal so that they are never selected.
@@ -72,46 +72,34 @@ def binary_adjacency(soft: jax.Array, k: int, slope: float, threshold_hint=None)
   return p + jax.lax.stop_gradient(hard - p), p, sel.threshold
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def straight_through_adjacency(soft: jax.Array, hard: jax.Array, slope: float,
-                               margin_coef: float) -> jax.Array:
-  """Fused straight-through adjacency of eq. (12) with the margin of eq. (10).
-
-  Value: ``hard`` (exactly binary and symmetric). Gradient with respect to ``soft``: that of
-  ``triu(P) + triu(P)^T + stopgrad(hard - ...) + margin_coef * mean_{i<j} P_ij (1 - P_ij)`` with
-  ``P = sigmoid(slope * soft)`` (`binary_adjacency` computes the same by autodiff), i.e. on the
-  strict upper triangle ``slope P (1 - P) (g_ij + g_ji + margin_coef (1 - 2 P) / pairs)`` and 0
-  elsewhere, in one pass. No gradient reaches ``hard``.
-
-  Args:
-    soft: ``[n, n]`` logits (the strict upper triangle is used).
-    hard: ``[n, n]`` symmetric 0/1 adjacency, zero diagonal (same dtype as soft).
-    slope: sigmoid slope s (static).
-    margin_coef: signed lambda_reg (static), see `MetamerConfig.margin_coefficient`.
-
-  Returns:
-    ``hard``.
-  """
-  del soft, slope, margin_coef
-  return hard
-
-
-def _sta_fwd(soft, hard, slope, margin_coef):
-  del slope, margin_coef
-  return hard, soft
-
-
-def _sta_bwd(slope, margin_coef, soft, g):
+def _adjacency_surrogate_grad(soft, g, slope, margin_coef):
   n = soft.shape[0]
   pairs = n * (n - 1) // 2
   upper = (jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
            < jax.lax.broadcasted_iota(jnp.int32, (n, n), 1))
   p = jax.nn.sigmoid(slope * soft)
   grad = slope * p * (1.0 - p) * (g + g.T + (margin_coef / pairs) * (1.0 - 2.0 * p))
-  return jnp.where(upper, grad, 0.0), None
+  return jnp.where(upper, grad, 0.0)
 
 
-straight_through_adjacency.defvjp(_sta_fwd, _sta_bwd)
+straight_through_adjacency = make_straight_through(_adjacency_surrogate_grad, """\
+Fused straight-through adjacency of eq. (12) with the margin of eq. (10).
+
+Value: ``hard`` (exactly binary and symmetric). Gradient with respect to ``soft``: that of
+``triu(P) + triu(P)^T + stopgrad(hard - ...) + margin_coef * mean_{i<j} P_ij (1 - P_ij)`` with
+``P = sigmoid(slope * soft)`` (`binary_adjacency` computes the same by autodiff), i.e. on the
+strict upper triangle ``slope P (1 - P) (g_ij + g_ji + margin_coef (1 - 2 P) / pairs)`` and 0
+elsewhere, in one pass. No gradient reaches ``hard``.
+
+Args:
+  soft: ``[n, n]`` logits (the strict upper triangle is used).
+  hard: ``[n, n]`` symmetric 0/1 adjacency, zero diagonal (same dtype as soft).
+  slope: sigmoid slope s (static).
+  margin_coef: signed lambda_reg (static), see `MetamerConfig.margin_coefficient`.
+
+Returns:
+  ``hard``.
+""")
 
 
 def hard_adjacency(soft: jax.Array, k: int, threshold_hint=None) -> jax.Array:
