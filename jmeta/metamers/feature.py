@@ -12,7 +12,6 @@ Continuous features: ``X' = relu(X'_soft)``, optimised directly (entries stay no
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
