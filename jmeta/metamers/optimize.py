@@ -123,7 +123,14 @@ def make_chunk_fn(loss_fn: LossFn, config: MetamerConfig,
     return state, jnp.where(active, act_loss, jnp.nan)
 
   def step_groups(data, groups, _):
-    out = [one_step(data, g, None) for g in groups]
+    # Groups run strictly one after another: the barrier makes group i + 1 wait for group i's
+    # new state, so XLA cannot interleave them (which would multiply the working set).
+    out, prev = [], None
+    for g in groups:
+      if prev is not None:
+        g, _ = jax.lax.optimization_barrier((g, prev))
+      out.append(one_step(data, g, None))
+      prev = out[-1][0]
     return tuple(o[0] for o in out), jnp.concatenate([o[1] for o in out])
 
   def chunk(groups: Tuple[LoopState, ...], data):
