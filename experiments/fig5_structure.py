@@ -28,53 +28,39 @@ from typing import Optional
 import numpy as np
 
 from jmeta import runs
-from jmeta.config_io import KwargsOf, ListOf, MapOf, OneOf, Optional as Opt, Range
-from jmeta.data import DATASETS, csbm
+from jmeta.config_io import Range
 from jmeta.metamers import MetamerConfig
-from jmeta.models import MODEL_NAMES, ModelConfig
-from jmeta.train import TrainConfig
+from jmeta.study import (bar_values, cell_model, fill_defaults, model_train_configs, pm, pyplot,
+                         run_cached_cells, schema_defaults, schema_entries, script_main,
+                         skipped_notes, summary_row, synthetic_section, write_results)
 
 NAME = "fig5_structure"
 
 SCHEMA = {
-    "models": ListOf(OneOf(*MODEL_NAMES), min_len=1, unique=True),
-    "datasets": ListOf(OneOf(*DATASETS), min_len=1, unique=True),
-    "split": Range(0, None, integer=True),
-    "seed": Range(0, None, integer=True),
-    "model": ModelConfig,
-    "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig),
-    "train": TrainConfig,
-    "metamer": MetamerConfig,
+    **schema_entries("models", "datasets", "split", "seed", "model", "model_overrides", "train",
+                     "metamer"),
     "max_nodes": Range(2, None, integer=True),
     "wl_iterations": Range(1, None, integer=True),
-    "synthetic": KwargsOf(csbm),
-    "cache_dir": Opt(str),
-    "save_metamers": bool,
+    **schema_entries("synthetic", "cache_dir", "save_metamers"),
 }
 
-DEFAULTS = {"split": 0, "seed": 0, "model": {}, "model_overrides": {}, "train": {},
-            "metamer": {}, "max_nodes": 6000, "wl_iterations": 3, "synthetic": {},
-            "cache_dir": None, "save_metamers": True}
+DEFAULTS = schema_defaults(SCHEMA, max_nodes=6000, wl_iterations=3, save_metamers=True)
 
 METRICS = ("s_struct", "s_match", "cs_struct", "act_one_minus_loss", "act_cosine")
 
 
 def resolve(config: dict) -> dict:
-  out = {**DEFAULTS, **config}
-  for k in ("models", "datasets"):
-    if k not in out:
-      raise ValueError(f"{NAME}: config key {k!r} is required")
-  return out
+  """The config with defaults filled in; ``models`` and ``datasets`` are required."""
+  return fill_defaults(config, DEFAULTS, ("models", "datasets"), NAME)
 
 
 def make_cells(config: dict) -> list[dict]:
+  """One cell per (dataset, model), dataset-major; every cell holds its resolved configs."""
   mcfg = MetamerConfig(**config["metamer"])
   return [{"id": f"{m}-{ds}", "model": m, "dataset": ds, "split": config["split"],
-           "seed": config["seed"], "model_config": runs.model_config_from(config, m).to_dict(),
-           "train_config": runs.train_config_from(config, m).to_dict(),
+           "seed": config["seed"], **model_train_configs(config, m),
            "metamer_config": mcfg.to_dict(), "wl_iterations": config["wl_iterations"],
-           "synthetic": dict(config["synthetic"]) if ds == "synthetic" else {},
-           "max_nodes": config["max_nodes"]}
+           "synthetic": synthetic_section(config, ds), "max_nodes": config["max_nodes"]}
           for ds in config["datasets"] for m in config["models"]]
 
 
@@ -91,9 +77,7 @@ def structure_cell(cell: dict, run_dir: runs.RunDir, graphs, *, cache_dir: Optio
                         f"structure metamer keeps dense n x n arrays ({gb:.1f} GiB each in "
                         "float32, several per seed), which does not fit in memory here"),
             "num_nodes": n}
-  tm = runs.trained_model(ModelConfig.from_dict(cell["model_config"]), cell["dataset"],
-                          TrainConfig.from_dict(cell["train_config"]), split=cell["split"],
-                          cache_dir=cache_dir, graph=graph, progress=progress)
+  tm = cell_model(cell, graph, split=cell["split"], cache_dir=cache_dir, progress=progress)
   mcfg = MetamerConfig.from_dict(cell["metamer_config"])
   res = structure_metamers(tm.model, tm.params, graph, jax.random.key(cell["seed"]), mcfg,
                            progress=progress, wl_iterations=cell["wl_iterations"])
@@ -106,10 +90,6 @@ def structure_cell(cell: dict, run_dir: runs.RunDir, graphs, *, cache_dir: Optio
   return out
 
 
-def _pm(r: dict, k: str) -> str:
-  return f"{100 * r[k + '_mean']:.1f} ± {100 * r[k + '_std']:.1f}"
-
-
 def markdown_table(rows: list[dict], num_seeds: int, steps: int) -> str:
   lines = ["# Figure 5: structure metamers at layer 1 (percent)", "",
            f"Mean ± std over {num_seeds} seeds, {steps} steps. The paper (Fig. 5) reports "
@@ -120,32 +100,21 @@ def markdown_table(rows: list[dict], num_seeds: int, steps: int) -> str:
     if "skipped" in r:
       lines.append(f"| {r['model']} | {r['dataset']} | skipped | | | | | |")
       continue
-    lines.append(f"| {r['model']} | {r['dataset']} | {_pm(r, 's_struct')} | "
-                 f"{_pm(r, 's_match')} | {_pm(r, 'cs_struct')} | "
-                 f"{_pm(r, 'act_one_minus_loss')} | {_pm(r, 'act_cosine')} | "
-                 f"{100 * r['test_acc']:.1f} |")
-  skipped = [r for r in rows if "skipped" in r]
-  if skipped:
-    lines += ["", "Skipped cells:"] + [f"- {r['id']}: {r['skipped']}" for r in skipped]
-  return "\n".join(lines) + "\n"
+    lines.append(f"| {r['model']} | {r['dataset']} | " + " | ".join(pm(r, k) for k in METRICS)
+                 + f" | {100 * r['test_acc']:.1f} |")
+  return "\n".join(lines + skipped_notes(rows)) + "\n"
 
 
 def figure(rows: list[dict], models: list[str], datasets: list[str]):
   """Left: S_struct and S_match bars per dataset for each model; right: S_struct vs S_match."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   by = {(r["model"], r["dataset"]): r for r in rows}
   fig, axes = plt.subplots(1, len(models) + 1, figsize=(4.2 * (len(models) + 1), 3.8),
                            squeeze=False)
   x = np.arange(len(datasets))
   for ax, m in zip(axes[0], models):
     for off, k, c in ((-0.2, "s_struct", "tab:green"), (0.2, "s_match", "tab:red")):
-      v = [100 * by[(m, d)][f"{k}_mean"] if "skipped" not in by[(m, d)] else np.nan
-           for d in datasets]
-      e = [100 * by[(m, d)][f"{k}_std"] if "skipped" not in by[(m, d)] else 0.0
-           for d in datasets]
+      v, e = bar_values([by[(m, d)] for d in datasets], k)
       ax.bar(x + off, v, 0.4, yerr=e, color=c, label=k)
     ax.set_xticks(x)
     ax.set_xticklabels(datasets, rotation=30, ha="right")
@@ -176,40 +145,19 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
         progress: bool = True) -> dict:
   """Runs (or resumes) Figure 5 into ``out_dir``; returns the summary written to results.json."""
   config = resolve(config)
-  cells = make_cells(config)
-  rd = runs.RunDir(out_dir)
-  rd.write_config(config)
-  graphs = runs.GraphCache(data_dir)
-  rows = runs.run_grid(
-      cells, lambda c: structure_cell(c, rd, graphs, cache_dir=config["cache_dir"],
-                                      save_metamers=config["save_metamers"],
-                                      progress=progress),
-      rd, desc=NAME, progress=progress)
+  rd, rows = run_cached_cells(
+      make_cells(config), config, out_dir,
+      lambda c, rd, graphs: structure_cell(c, rd, graphs, cache_dir=config["cache_dir"],
+                                           save_metamers=config["save_metamers"],
+                                           progress=progress),
+      data_dir=data_dir, progress=progress, desc=NAME)
   mcfg = MetamerConfig(**config["metamer"])
-  table = markdown_table(rows, mcfg.num_seeds, mcfg.steps)
-  rd.write_markdown("table", table)
-  flat = []
-  for r in rows:
-    row = {"model": r["model"], "dataset": r["dataset"]}
-    if "skipped" in r:
-      row["skipped"] = r["skipped"]
-    else:
-      for k in METRICS:
-        row[f"{k}_mean"], row[f"{k}_std"] = r[f"{k}_mean"], r[f"{k}_std"]
-      row["test_acc"] = r.get("test_acc")
-    flat.append(row)
-  rd.write_csv("metrics", flat)
-  rd.save_figure(NAME, figure(rows, config["models"], config["datasets"]))
-  summary = {"experiment": NAME, "rows": rows, "table": table,
-             "skipped": {r["id"]: r["skipped"] for r in rows if "skipped" in r}}
-  rd.write_json("results", summary)
-  return summary
+  return write_results(rd, NAME, rows, [summary_row(r, METRICS) for r in rows],
+                       markdown_table(rows, mcfg.num_seeds, mcfg.steps), NAME,
+                       figure(rows, config["models"], config["datasets"]))
 
 
-def main(argv=None) -> int:
-  from jmeta.cli import experiment_main
-  return experiment_main(NAME, run, SCHEMA, argv)
-
+main = script_main(NAME, run, SCHEMA)
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -13,172 +13,61 @@ Run:  python experiments/fig8_depth.py [--quick] [--set layers=[1,3]] [--out DIR
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import numpy as np
-
-from jmeta import config_io, runs
-from jmeta.config_io import KwargsOf, ListOf, MapOf, OneOf, Optional as Opt, Range, Required
-from jmeta.data import DATASETS, csbm
-from jmeta.metamers import MetamerConfig
-from jmeta.models import MODEL_NAMES, ModelConfig
-from jmeta.train import TrainConfig
-
-
-def _sibling(name: str):
-  """Imports ``experiments/<name>.py`` (the scripts are loaded by file path, not as a package)."""
-  key = f"jmeta_experiments.{name}"
-  if key not in sys.modules:
-    spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-  return sys.modules[key]
-
-
-common = _sibling("fig6_mitigation")  # config helpers, the metamer cell, the command line
+from jmeta.study import (cell_common, check_target_layers, grid_cells, grid_lines, grid_table,
+                         model_config, num_seeds, resolve_config, run_feature_grid,
+                         schema_defaults, schema_entries, script_main, train_config)
 
 EXPERIMENT = "fig8_depth"
 
-SCHEMA = {
-    "datasets": Required(ListOf(OneOf(*DATASETS), min_len=1, unique=True)),
-    "models": Required(ListOf(OneOf(*MODEL_NAMES), min_len=1, unique=True)),
-    "layers": Required(ListOf(Range(1, None, integer=True), min_len=1, unique=True)),
-    "split": Range(0, None, integer=True),
-    "seed": Range(0, None, integer=True),
-    "model": ModelConfig,
-    "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig),
-    "train": TrainConfig,
-    "metamer": MetamerConfig,
-    "synthetic": KwargsOf(csbm),
-    "skip": MapOf(str, str),
-    "cache_dir": Opt(str),
-    "save_metamers": bool,
-}
+SCHEMA = schema_entries("datasets", "models", "layers", "split", "seed", "model",
+                        "model_overrides", "train", "metamer", "synthetic", "skip", "cache_dir",
+                        "save_metamers", required=("datasets", "models", "layers"))
 
-DEFAULTS = {"split": 0, "seed": 0, "model": {}, "model_overrides": {}, "train": {},
-            "metamer": {}, "synthetic": {}, "skip": {}, "cache_dir": None,
-            "save_metamers": False}
+DEFAULTS = schema_defaults(SCHEMA)
 
 
 def resolve(config: Mapping[str, Any]) -> dict:
   """Validated config with defaults; every targeted layer must be a hidden layer."""
-  config = common.resolve_config(config, SCHEMA, DEFAULTS)
-  if "layer" in config["metamer"]:
-    raise config_io.ConfigError("metamer.layer: the targeted layers come from 'layers'")
+  config = resolve_config(config, SCHEMA, DEFAULTS)
   for name in config["models"]:
-    k = common.model_config(config, name).num_layers
-    bad = [layer for layer in config["layers"] if layer >= k]
-    if bad:
-      raise config_io.ConfigError(f"layers: {bad} are not hidden layers of the {k}-layer {name} "
-                                  f"(layer {k} is the logits); set model.num_layers")
+    check_target_layers(config, name, name)
   return config
 
 
 def make_cells(config: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
   """``(cells to run, skipped cells)`` over datasets x models x targeted layers."""
-  todo, skipped = [], []
-  for dataset in config["datasets"]:
-    for name in config["models"]:
-      mc = common.model_config(config, name)
-      tc = common.train_config(config, name)
-      for layer in config["layers"]:
-        cid = f"{dataset}-{name}-L{layer}"
-        reason = config["skip"].get(f"{name}/{dataset}")
-        if reason:
-          skipped.append({"id": cid, "dataset": dataset, "model": name, "layer": layer,
-                          "status": "skipped", "note": reason})
-          continue
-        todo.append({"id": cid, "layer": layer,
-                     **common.cell_common(config, dataset, mc, tc, layer=layer)})
-  return todo, skipped
+  return grid_cells(config, "layer", config["layers"], "L", lambda dataset, name, layer: (
+      cell_common(config, dataset, model_config(config, name), train_config(config, name),
+                  layer=layer)))
 
 
 def markdown_table(config: Mapping[str, Any], results: Sequence[dict]) -> str:
   """Rows: model / targeted layer; columns: datasets; cells: CS_feat mean ± std (%)."""
-  by_id = {r["id"]: r for r in results}
-  k = common.model_config(config, config["models"][0]).num_layers
-  lines = [f"CS_feat (%) of feature metamers of {k}-layer models against the targeted layer, "
-           f"mean ± std over {MetamerConfig(**config['metamer']).num_seeds} metamer seeds.", "",
-           "| model | layer | " + " | ".join(config["datasets"]) + " |",
-           "|---|---|" + "---|" * len(config["datasets"])]
-  notes = []
-  for m in config["models"]:
-    for layer in config["layers"]:
-      cells = []
-      for d in config["datasets"]:
-        r = by_id[f"{d}-{m}-L{layer}"]
-        if r.get("status") == "skipped":
-          cells.append("skipped¹")
-          notes.append(f"¹ {m} on {d}: {r['note']}")
-        else:
-          cells.append(runs.format_mean_std(r["cs_feat"], digits=2))
-      lines.append(f"| {m} | {layer} | " + " | ".join(cells) + " |")
-  return "\n".join(lines + [""] + list(dict.fromkeys(notes)))
+  k = model_config(config, config["models"][0]).num_layers
+  caption = (f"CS_feat (%) of feature metamers of {k}-layer models against the targeted layer, "
+             f"mean ± std over {num_seeds(config)} metamer seeds.")
+  return grid_table(caption, "layer", config, results, config["layers"], "L")
 
 
 def plot(config: Mapping[str, Any], results: Sequence[dict]):
   """CS_feat against the targeted layer: one panel per dataset, one line per model."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  by_id = {r["id"]: r for r in results}
-  layers = sorted(config["layers"])
-  fig, axes = plt.subplots(1, len(config["datasets"]),
-                           figsize=(3.6 * len(config["datasets"]) + 1, 3.4), squeeze=False)
-  for ax, d in zip(axes[0], config["datasets"]):
-    for m in config["models"]:
-      pts = [(layer, *runs.mean_std(by_id[f"{d}-{m}-L{layer}"]["cs_feat"])) for layer in layers
-             if by_id[f"{d}-{m}-L{layer}"].get("status") != "skipped"]
-      if pts:
-        x, mean, std = map(np.asarray, zip(*pts))
-        ax.errorbar(x, 100 * mean, yerr=100 * std, marker="o", capsize=3, label=m)
-    ax.set_xticks(layers)
-    ax.set_xlabel("targeted layer")
-    ax.set_ylabel("CS_feat (%)")
-    ax.set_title(d)
-  axes[0][0].legend(fontsize=8)
-  fig.suptitle("Fig. 8: CS_feat at different target layers", fontsize=10)
-  fig.tight_layout()
-  return fig
+  return grid_lines(config, results, config["layers"], "L", xlabel="targeted layer",
+                    title="Fig. 8: CS_feat at different target layers")
 
 
 def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
         progress: bool = True) -> dict:
   """Runs Figure 8 into ``out_dir`` (resumable); returns the summary written to metrics.json."""
   config = resolve(config)
-  todo, skipped = make_cells(config)
-  run_dir = runs.RunDir(out_dir)
-  run_dir.write_config(config)
-  get_graph = common.graph_loader(config, data_dir)
-  done = runs.run_grid(
-      todo, lambda c: common.metamer_cell(c, config, get_graph, data_dir=data_dir,
-                                          progress=progress, run_dir=run_dir),
-      run_dir, desc=EXPERIMENT, progress=progress)
-  by_id = {r["id"]: r for r in [*done, *skipped]}
-  results = [by_id[f"{d}-{m}-L{layer}"] for d in config["datasets"] for m in config["models"]
-             for layer in config["layers"]]
-  rows = [common.cell_row(r, ("id", "dataset", "model", "layer")) for r in results]
-  table = markdown_table(config, results)
-  files = {"csv": run_dir.write_csv("metrics", rows),
-           "table": run_dir.write_markdown("table", table),
-           "arrays": common.write_metric_arrays(run_dir, results),
-           "figure": run_dir.save_figure(EXPERIMENT, plot(config, results))}
-  summary = {"experiment": EXPERIMENT, "rows": rows, "table_markdown": table,
-             "files": {k: os.path.relpath(v, out_dir) for k, v in files.items()}}
-  run_dir.write_json("metrics", summary)
-  return summary
+  return run_feature_grid(EXPERIMENT, config, out_dir, "layer", config["layers"], "L",
+                          make_cells(config), table=markdown_table, plot=plot,
+                          data_dir=data_dir, progress=progress)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  from jmeta.cli import experiment_main
-  return experiment_main(EXPERIMENT, run, SCHEMA, argv)
-
+main = script_main(EXPERIMENT, run, SCHEMA)
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -18,53 +18,33 @@ Run:  python experiments/fig9_pubmed_gat.py [--quick] [--out DIR]
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
-from jmeta import config_io, runs
-from jmeta.config_io import KwargsOf, ListOf, OneOf, Optional as Opt, Range, Required
-from jmeta.data import DATASETS, csbm
-from jmeta.metamers import MetamerConfig, feature_metamers
-from jmeta.models import MODEL_NAMES, ModelConfig
-from jmeta.train import TrainConfig
-
-
-def _sibling(name: str):
-  """Imports ``experiments/<name>.py`` (the scripts are loaded by file path, not as a package)."""
-  key = f"jmeta_experiments.{name}"
-  if key not in sys.modules:
-    spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-  return sys.modules[key]
-
-
-common = _sibling("fig6_mitigation")  # config helpers shared by the paper experiments
+from jmeta import runs
+from jmeta.config_io import OneOf, Range
+from jmeta.models import MODEL_NAMES
+from jmeta.study import (METRICS, cell_common, cell_feature_metamers, cell_model, cell_row,
+                         check_target_layers, graph_loader, model_config, num_seeds, open_run,
+                         pyplot, resolve_config, schema_entries, script_main, seed_metrics,
+                         train_config, write_summary)
 
 EXPERIMENT = "fig9_pubmed_gat"
 
 SCHEMA = {
-    "dataset": Required(OneOf(*DATASETS)),
+    **schema_entries("dataset", required=("dataset",)),
     "model_name": OneOf(*MODEL_NAMES),
-    "layers": Required(ListOf(Range(1, None, integer=True), min_len=1, unique=True)),
-    "split": Range(0, None, integer=True),
-    "seed": Range(0, None, integer=True),
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "metamer": MetamerConfig,
+    **schema_entries("layers", "split", "seed", "model", "train", "metamer", required=("layers",)),
     "crop": {"rows": Range(1, None, integer=True), "cols": Range(1, None, integer=True),
              "percentile": Range(0.0, 100.0)},
-    "synthetic": KwargsOf(csbm),
-    "cache_dir": Opt(str),
+    **schema_entries("synthetic", "cache_dir"),
 }
 
+# Written out (not `schema_defaults`): ``model_overrides`` is no key of this schema, but the shared
+# config helpers read it, and the saved config keeps this order.
 DEFAULTS = {"model_name": "gat", "split": 0, "seed": 0, "model": {}, "model_overrides": {},
             "train": {}, "metamer": {}, "crop": {}, "synthetic": {}, "cache_dir": None}
 CROP_DEFAULTS = {"rows": 100, "cols": 100, "percentile": 99.5}
@@ -72,15 +52,9 @@ CROP_DEFAULTS = {"rows": 100, "cols": 100, "percentile": 99.5}
 
 def resolve(config: Mapping[str, Any]) -> dict:
   """Validated config with defaults; the targeted layers must be hidden layers."""
-  config = common.resolve_config(config, SCHEMA, DEFAULTS)
+  config = resolve_config(config, SCHEMA, DEFAULTS)
   config["crop"] = {**CROP_DEFAULTS, **config["crop"]}
-  if "layer" in config["metamer"]:
-    raise config_io.ConfigError("metamer.layer: the targeted layers come from 'layers'")
-  k = common.model_config(config, config["model_name"]).num_layers
-  bad = [layer for layer in config["layers"] if layer >= k]
-  if bad:
-    raise config_io.ConfigError(f"layers: {bad} are not hidden layers of the {k}-layer model "
-                                f"(layer {k} is the logits); set model.num_layers")
+  check_target_layers(config, config["model_name"], "model")
   return config
 
 
@@ -102,10 +76,9 @@ def crop_indices(x: np.ndarray, rows: int, cols: int) -> tuple[np.ndarray, np.nd
 def make_cells(config: Mapping[str, Any]) -> list[dict]:
   """One cell per targeted layer."""
   name = config["model_name"]
-  mc = common.model_config(config, name)
-  tc = common.train_config(config, name)
+  mc, tc = model_config(config, name), train_config(config, name)
   return [{"id": f"{config['dataset']}-{name}-L{layer}", "layer": layer,
-           **common.cell_common(config, config["dataset"], mc, tc, layer=layer)}
+           **cell_common(config, config["dataset"], mc, tc, layer=layer)}
           for layer in config["layers"]]
 
 
@@ -113,18 +86,15 @@ def layer_cell(cell: Mapping[str, Any], config: Mapping[str, Any], get_graph, ru
                *, data_dir: Optional[str], progress: bool) -> dict:
   """Metamers of one targeted layer; writes the crop of every seed to ``crops/<id>.npz``."""
   graph = get_graph(cell["dataset"])
-  tm = runs.trained_model(ModelConfig.from_dict(cell["model_config"]), cell["dataset"],
-                          TrainConfig.from_dict(cell["train_config"]), data_dir=data_dir,
-                          split=config["split"], cache_dir=config["cache_dir"], graph=graph,
-                          progress=progress)
-  res = feature_metamers(tm.model, tm.params, graph, jax.random.key(config["seed"]),
-                         MetamerConfig.from_dict(cell["metamer"]), progress=progress)
+  tm = cell_model(cell, graph, split=config["split"], cache_dir=config["cache_dir"],
+                  progress=progress, data_dir=data_dir)
+  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress)
   r_idx, c_idx = crop_indices(np.asarray(graph.x), config["crop"]["rows"],
                               config["crop"]["cols"])
   crops = np.asarray(res.metamers, np.float32)[:, r_idx][:, :, c_idx]
   run_dir.write_npz(os.path.join("crops", cell["id"]), metamer_crops=crops, rows=r_idx,
                     cols=c_idx)
-  out = {k: [float(v) for v in res.metrics[k]] for k in common.METRICS}
+  out = seed_metrics(res)
   out.update(act_loss=[float(v) for v in res.metrics["act_loss"]],
              model_test_acc=float(tm.metrics["test"]),
              metamer_run_seconds=float(res.info["run_seconds"]),
@@ -146,10 +116,7 @@ def plot(config: Mapping[str, Any], x_crop: np.ndarray, panels: Sequence[tuple])
     x_crop: ``[r, c]`` reference features.
     panels: ``(layer, crop [r, c], result)`` per targeted layer.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   allv = np.concatenate([x_crop.ravel()] + [p[1].ravel() for p in panels])
   vmax = float(np.percentile(allv, config["crop"]["percentile"])) or 1.0
   fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4.4 * (1 + len(panels)) + 0.8, 4.6),
@@ -158,7 +125,8 @@ def plot(config: Mapping[str, Any], x_crop: np.ndarray, panels: Sequence[tuple])
   im = axes[0].imshow(x_crop, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto",
                       interpolation="nearest")
   axes[0].set_title(f"original {config['dataset']} features\n"
-                    f"{x_crop.shape[0]} nodes x {x_crop.shape[1]} most frequent features", fontsize=8)
+                    f"{x_crop.shape[0]} nodes x {x_crop.shape[1]} most frequent features",
+                    fontsize=8)
   for ax, (layer, crop, r) in zip(axes[1:], panels):
     ax.imshow(crop, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.set_title(title(layer, r), fontsize=8)
@@ -173,15 +141,15 @@ def plot(config: Mapping[str, Any], x_crop: np.ndarray, panels: Sequence[tuple])
 
 def markdown_table(config: Mapping[str, Any], results: Sequence[dict]) -> str:
   """Rows: targeted layer; S_feat, S_match, CS_feat and both activation similarities (%)."""
-  k = common.model_config(config, config["model_name"]).num_layers
+  k = model_config(config, config["model_name"]).num_layers
   lines = [f"Feature metamers of a {k}-layer {config['model_name']} on {config['dataset']}, "
-           f"mean ± std over {MetamerConfig(**config['metamer']).num_seeds} seeds (%). "
+           f"mean ± std over {num_seeds(config)} seeds (%). "
            "Activation similarity at the targeted layer: 1 - L_act (eq. 5) and cosine.", "",
            "| layer | S_feat | S_match | CS_feat | act. sim 1 - L_act | act. sim cosine |",
            "|---|---|---|---|---|---|"]
   for r in results:
     lines.append(f"| {r['layer']} | " + " | ".join(
-        runs.format_mean_std(r[m], digits=2) for m in common.METRICS) + " |")
+        runs.format_mean_std(r[m], digits=2) for m in METRICS) + " |")
   return "\n".join(lines)
 
 
@@ -190,9 +158,8 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
   """Runs Figure 9 into ``out_dir`` (resumable); returns the summary written to metrics.json."""
   config = resolve(config)
   cells = make_cells(config)
-  run_dir = runs.RunDir(out_dir)
-  run_dir.write_config(config)
-  get_graph = common.graph_loader(config, data_dir)
+  run_dir = open_run(out_dir, config)
+  get_graph = graph_loader(config, data_dir)
   results = runs.run_grid(
       cells, lambda c: layer_cell(c, config, get_graph, run_dir, data_dir=data_dir,
                                   progress=progress),
@@ -204,25 +171,15 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
       r_idx, c_idx, crop0 = z["rows"], z["cols"], z["metamer_crops"][0]
     panels.append((r["layer"], crop0, r))
   x_crop = x[r_idx][:, c_idx]
-  rows = [{**common.cell_row(r, ("id", "dataset", "model", "layer")),
+  rows = [{**cell_row(r, ("id", "dataset", "model", "layer")),
            "title": title(r["layer"], r).replace("\n", " ")} for r in results]
-  table = markdown_table(config, results)
-  files = {"csv": run_dir.write_csv("metrics", rows),
-           "table": run_dir.write_markdown("table", table),
-           "arrays": run_dir.write_npz("figure_arrays", reference_crop=x_crop, rows=r_idx,
-                                       cols=c_idx, **{f"metamer_crop_L{p[0]}": p[1]
-                                                      for p in panels}),
-           "figure": run_dir.save_figure(EXPERIMENT, plot(config, x_crop, panels))}
-  summary = {"experiment": EXPERIMENT, "rows": rows, "table_markdown": table,
-             "files": {k: os.path.relpath(v, out_dir) for k, v in files.items()}}
-  run_dir.write_json("metrics", summary)
-  return summary
+  arrays = run_dir.write_npz("figure_arrays", reference_crop=x_crop, rows=r_idx, cols=c_idx,
+                             **{f"metamer_crop_L{p[0]}": p[1] for p in panels})
+  return write_summary(run_dir, EXPERIMENT, rows, markdown_table(config, results),
+                       arrays=arrays, figure=plot(config, x_crop, panels))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  from jmeta.cli import experiment_main
-  return experiment_main(EXPERIMENT, run, SCHEMA, argv)
-
+main = script_main(EXPERIMENT, run, SCHEMA)
 
 if __name__ == "__main__":
   sys.exit(main())

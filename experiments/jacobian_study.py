@@ -30,24 +30,18 @@ from typing import Optional
 import numpy as np
 
 from jmeta import runs
-from jmeta.config_io import KwargsOf, ListOf, MapOf, OneOf, Optional as Opt, Range
-from jmeta.data import DATASETS, csbm
+from jmeta.config_io import OneOf, Optional as Opt, Range
 from jmeta.jacobian import MODES, RANK_METHODS
 from jmeta.metamers import MetamerConfig
-from jmeta.models import MODEL_NAMES, ModelConfig
-from jmeta.train import TrainConfig
+from jmeta.study import (cell_feature_metamers, cell_model, fill_defaults, model_train_configs,
+                         pyplot, run_cached_cells, schema_defaults, schema_entries, script_main,
+                         synthetic_section)
 
 NAME = "jacobian_study"
 
 SCHEMA = {
-    "models": ListOf(OneOf(*MODEL_NAMES), min_len=1, unique=True),
-    "dataset": OneOf(*DATASETS),
-    "layers": ListOf(Range(1, None, integer=True), min_len=1, unique=True),
-    "split": Range(0, None, integer=True),
-    "seed": Range(0, None, integer=True),
-    "model": ModelConfig,
-    "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig),
-    "train": TrainConfig,
+    **schema_entries("models", "dataset", "layers", "split", "seed", "model", "model_overrides",
+                     "train"),
     "method": OneOf(*RANK_METHODS),
     "mode": OneOf(*MODES),
     "rtol": Opt(float),
@@ -55,22 +49,17 @@ SCHEMA = {
     "num_nodes": Opt(Range(1, None, integer=True)),
     "table1_dir": Opt(str),
     "fallback_metamer": MetamerConfig,
-    "synthetic": KwargsOf(csbm),
-    "cache_dir": Opt(str),
+    **schema_entries("synthetic", "cache_dir"),
 }
 
-DEFAULTS = {"layers": [1, 2], "split": 0, "seed": 0, "model": {}, "model_overrides": {},
-            "train": {}, "method": "factored", "mode": "auto", "rtol": None, "chunk_size": 256,
-            "num_nodes": None, "table1_dir": "results/table1",
-            "fallback_metamer": {"layer": 1, "steps": 200, "num_seeds": 2}, "synthetic": {},
-            "cache_dir": None}
+DEFAULTS = schema_defaults(SCHEMA, layers=[1, 2], method="factored", mode="auto", rtol=None,
+                           chunk_size=256, num_nodes=None, table1_dir="results/table1",
+                           fallback_metamer={"layer": 1, "steps": 200, "num_seeds": 2})
 
 
 def resolve(config: dict) -> dict:
-  out = {**DEFAULTS, **config}
-  for k in ("models", "dataset"):
-    if k not in out:
-      raise ValueError(f"{NAME}: config key {k!r} is required")
+  """The config with defaults filled in; every layer must exist in the models."""
+  out = fill_defaults(config, DEFAULTS, ("models", "dataset"), NAME)
   num_layers = runs.model_config_from(out, out["models"][0]).num_layers
   bad = [l for l in out["layers"] if l > num_layers]
   if bad:
@@ -80,10 +69,8 @@ def resolve(config: dict) -> dict:
 
 def _base_cell(config: dict, m: str) -> dict:
   ds = config["dataset"]
-  return {"model": m, "dataset": ds, "split": config["split"],
-          "model_config": runs.model_config_from(config, m).to_dict(),
-          "train_config": runs.train_config_from(config, m).to_dict(),
-          "synthetic": dict(config["synthetic"]) if ds == "synthetic" else {}}
+  return {"model": m, "dataset": ds, "split": config["split"], **model_train_configs(config, m),
+          "synthetic": synthetic_section(config, ds)}
 
 
 def table1_cs(table1_dir: Optional[str], cell: dict) -> Optional[dict]:
@@ -131,12 +118,11 @@ def make_cells(config: dict) -> list[dict]:
 
 
 def rank_cell(cell: dict, rd: runs.RunDir, graphs, *, cache_dir, progress: bool) -> dict:
+  """Per-node Jacobian ranks of one (model, layer); writes ``ranks/<model>-L<layer>.*``."""
   from jmeta import jacobian
 
   graph = graphs.get(cell["dataset"], cell["split"], cell["synthetic"])
-  tm = runs.trained_model(ModelConfig.from_dict(cell["model_config"]), cell["dataset"],
-                          TrainConfig.from_dict(cell["train_config"]), split=cell["split"],
-                          cache_dir=cache_dir, graph=graph, progress=progress)
+  tm = cell_model(cell, graph, split=cell["split"], cache_dir=cache_dir, progress=progress)
   nodes = None if cell["num_nodes"] is None else np.arange(min(cell["num_nodes"],
                                                                graph.num_nodes))
   res = jacobian.node_ranks(tm.model, tm.params, graph, cell["layer"], mode=cell["mode"],
@@ -159,18 +145,13 @@ def rank_cell(cell: dict, rd: runs.RunDir, graphs, *, cache_dir, progress: bool)
 
 
 def cs_cell(cell: dict, graphs, *, cache_dir, progress: bool) -> dict:
+  """CS_feat of one model: the Table 1 result the cell carries, else fallback metamers."""
   if "table1" in cell:
     return dict(cell["table1"], cs_computed=False)
-  import jax
-  from jmeta.metamers import feature_metamers
-
   graph = graphs.get(cell["dataset"], cell["split"], cell["synthetic"])
-  tm = runs.trained_model(ModelConfig.from_dict(cell["model_config"]), cell["dataset"],
-                          TrainConfig.from_dict(cell["train_config"]), split=cell["split"],
-                          cache_dir=cache_dir, graph=graph, progress=progress)
+  tm = cell_model(cell, graph, split=cell["split"], cache_dir=cache_dir, progress=progress)
   mcfg = MetamerConfig.from_dict(cell["metamer_config"])
-  res = feature_metamers(tm.model, tm.params, graph, jax.random.key(cell["seed"]), mcfg,
-                         progress=progress)
+  res = cell_feature_metamers(tm, graph, cell["metamer_config"], cell["seed"], progress=progress)
   m = runs.metamer_metrics(res)
   return {"cs_feat_mean": m["cs_feat_mean"], "cs_feat_std": m["cs_feat_std"],
           "s_feat_mean": m["s_feat_mean"], "s_match_mean": m["s_match_mean"],
@@ -213,10 +194,8 @@ def markdown_table(rank_rows: list[dict], per_model: list[dict], rho: Optional[f
 
 
 def figure(per_model: list[dict]):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  """CS_feat against the layer-1 metamer dimension, normalised (left) and raw (right)."""
+  plt = pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key, label in ((axes[0], "dim_frac_mean", "(d' - r) / d' (layer 1, mean over nodes)"),
                          (axes[1], "dim_mean", "d' - r (layer 1, mean over nodes)")):
@@ -235,17 +214,14 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
         progress: bool = True) -> dict:
   """Runs (or resumes) the study into ``out_dir``; returns the summary written to results.json."""
   config = resolve(config)
-  cells = make_cells(config)
-  rd = runs.RunDir(out_dir)
-  rd.write_config(config)
-  graphs = runs.GraphCache(data_dir)
 
-  def fn(cell):
+  def fn(cell, rd, graphs):
     if cell["kind"] == "rank":
       return rank_cell(cell, rd, graphs, cache_dir=config["cache_dir"], progress=progress)
     return cs_cell(cell, graphs, cache_dir=config["cache_dir"], progress=progress)
 
-  rows = runs.run_grid(cells, fn, rd, desc=NAME, progress=progress)
+  rd, rows = run_cached_cells(make_cells(config), config, out_dir, fn, data_dir=data_dir,
+                              progress=progress, desc=NAME)
   rank_rows = [r for r in rows if r["kind"] == "rank"]
   cs = {r["model"]: r for r in rows if r["kind"] == "cs"}
   first = min(config["layers"])
@@ -273,9 +249,7 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
   return summary
 
 
-def main(argv=None) -> int:
-  from jmeta.cli import experiment_main
-  return experiment_main(NAME, run, SCHEMA, argv)
+main = script_main(NAME, run, SCHEMA)
 
 
 if __name__ == "__main__":

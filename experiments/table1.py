@@ -28,32 +28,25 @@ from typing import Optional
 import numpy as np
 
 from jmeta import runs
-from jmeta.config_io import KwargsOf, ListOf, MapOf, OneOf, Optional as Opt, Range
-from jmeta.data import DATASETS, csbm
+from jmeta.config_io import MapOf, OneOf, Range
 from jmeta.metamers import MetamerConfig
-from jmeta.models import MODEL_NAMES, ModelConfig
-from jmeta.train import TrainConfig
+from jmeta.metrics import consistency
+from jmeta.models import MODEL_NAMES
+from jmeta.study import (METRICS, bar_values, cell_feature_metamers, cell_model, fill_defaults,
+                         model_train_configs, pm, pyplot, run_cached_cells, schema_defaults,
+                         schema_entries, script_main, skipped_notes, summary_row,
+                         synthetic_section, write_results)
 
 NAME = "table1"
 
 SCHEMA = {
-    "models": ListOf(OneOf(*MODEL_NAMES), min_len=1, unique=True),
-    "datasets": ListOf(OneOf(*DATASETS), min_len=1, unique=True),
-    "split": Range(0, None, integer=True),
-    "seed": Range(0, None, integer=True),
-    "model": ModelConfig,
-    "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig),
-    "train": TrainConfig,
-    "metamer": MetamerConfig,
+    **schema_entries("models", "datasets", "split", "seed", "model", "model_overrides", "train",
+                     "metamer"),
     "max_nodes": MapOf(OneOf(*MODEL_NAMES), Range(1, None, integer=True)),
-    "synthetic": KwargsOf(csbm),
-    "cache_dir": Opt(str),
-    "save_metamers": bool,
+    **schema_entries("synthetic", "cache_dir", "save_metamers"),
 }
 
-DEFAULTS = {"split": 0, "seed": 0, "model": {}, "model_overrides": {}, "train": {},
-            "metamer": {}, "max_nodes": {}, "synthetic": {}, "cache_dir": None,
-            "save_metamers": True}
+DEFAULTS = schema_defaults(SCHEMA, max_nodes={}, save_metamers=True)
 
 # The paper's Table 1 (arXiv 2510.17378, Table 1), percent: (S_feat, S_feat std, S_match,
 # S_match std, CS_feat, CS_feat std), mean ± std over five runs.
@@ -90,16 +83,9 @@ PAPER = {
     ("graphormer", "chameleon"): (19.7, 0.81, 86.1, 0.52, 28.14, 0.80),
 }
 
-METRICS = ("s_feat", "s_match", "cs_feat", "act_one_minus_loss", "act_cosine")
-
-
 def resolve(config: dict) -> dict:
   """The config with defaults filled in (the resolved config that is saved)."""
-  out = {**DEFAULTS, **config}
-  for k in ("models", "datasets"):
-    if k not in out:
-      raise ValueError(f"{NAME}: config key {k!r} is required")
-  return out
+  return fill_defaults(config, DEFAULTS, ("models", "datasets"), NAME)
 
 
 def make_cells(config: dict) -> list[dict]:
@@ -110,11 +96,8 @@ def make_cells(config: dict) -> list[dict]:
     for m in config["models"]:
       cells.append({
           "id": f"{m}-{ds}", "model": m, "dataset": ds, "split": config["split"],
-          "seed": config["seed"],
-          "model_config": runs.model_config_from(config, m).to_dict(),
-          "train_config": runs.train_config_from(config, m).to_dict(),
-          "metamer_config": mcfg.to_dict(),
-          "synthetic": dict(config["synthetic"]) if ds == "synthetic" else {},
+          "seed": config["seed"], **model_train_configs(config, m),
+          "metamer_config": mcfg.to_dict(), "synthetic": synthetic_section(config, ds),
           "max_nodes": config["max_nodes"].get(m),
       })
   return cells
@@ -123,38 +106,25 @@ def make_cells(config: dict) -> list[dict]:
 def feature_cell(cell: dict, run_dir: runs.RunDir, graphs: runs.GraphCache, *,
                  cache_dir: Optional[str], save_metamers: bool, progress: bool) -> dict:
   """Trains (or loads) the cell's model and synthesises its feature metamers."""
-  import jax
-  from jmeta.metamers import feature_metamers
-  from jmeta.models import ModelConfig as MC
-  from jmeta.train import TrainConfig as TC
-
   graph = graphs.get(cell["dataset"], cell["split"], cell["synthetic"])
   limit = cell.get("max_nodes")
   if limit is not None and graph.num_nodes > limit:
     return {"skipped": (f"{cell['model']} on {cell['dataset']}: {graph.num_nodes} nodes > "
                         f"{limit}; dense n x n attention does not fit in memory on this "
                         "machine"), "num_nodes": graph.num_nodes}
-  tm = runs.trained_model(MC.from_dict(cell["model_config"]), cell["dataset"],
-                          TC.from_dict(cell["train_config"]), split=cell["split"],
-                          cache_dir=cache_dir, graph=graph, progress=progress)
-  mcfg = MetamerConfig.from_dict(cell["metamer_config"])
-  res = feature_metamers(tm.model, tm.params, graph, jax.random.key(cell["seed"]), mcfg,
-                         progress=progress)
+  tm = cell_model(cell, graph, split=cell["split"], cache_dir=cache_dir, progress=progress)
+  res = cell_feature_metamers(tm, graph, cell["metamer_config"], cell["seed"],
+                              progress=progress)
   res.info.update(model=cell["model"], cell=cell["id"])
   if save_metamers:
     res.save(run_dir.file(os.path.join("metamers", cell["id"])))
   out = runs.metamer_metrics(res)
-  from jmeta.metrics import consistency
   out["cs_of_means"] = float(consistency(out["s_feat_mean"], out["s_match_mean"]))
   out.update(num_nodes=graph.num_nodes, num_features=graph.num_features,
              feature_kind=graph.feature_kind, test_acc=tm.metrics.get("test"),
              val_acc=tm.metrics.get("val"), train_seconds=tm.metrics.get("train_seconds"),
              checkpoint=tm.metrics.get("checkpoint"))
   return out
-
-
-def _pm(row: dict, metric: str, digits: int = 1) -> str:
-  return f"{100 * row[metric + '_mean']:.{digits}f} ± {100 * row[metric + '_std']:.{digits}f}"
 
 
 def _paper_cell(model: str, dataset: str) -> Optional[tuple]:
@@ -177,7 +147,7 @@ def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
       if "skipped" in r:
         cells.append("skipped")
       else:
-        cells.append(f"{_pm(r, 's_feat')} / {_pm(r, 's_match')}<br>{_pm(r, 'cs_feat', 2)}")
+        cells.append(f"{pm(r, 's_feat')} / {pm(r, 's_match')}<br>{pm(r, 'cs_feat', 2)}")
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
   paper_ds = [d for d in datasets if any((m, d) in PAPER for m in models)]
   if paper_ds:
@@ -202,30 +172,21 @@ def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
         lines.append(f"| {m} | {d} | skipped | {ps[0]} | | {ps[1]} | | {ps[2]} | |")
         continue
       acc = r.get("test_acc")
-      lines.append(f"| {m} | {d} | {_pm(r, 's_feat')} | {ps[0]} | {_pm(r, 's_match')} | "
-                   f"{ps[1]} | {_pm(r, 'cs_feat', 2)} | {ps[2]} | "
+      lines.append(f"| {m} | {d} | {pm(r, 's_feat')} | {ps[0]} | {pm(r, 's_match')} | "
+                   f"{ps[1]} | {pm(r, 'cs_feat', 2)} | {ps[2]} | "
                    f"{'-' if acc is None else f'{100 * acc:.1f}'} |")
-  skipped = [r for r in rows if "skipped" in r]
-  if skipped:
-    lines += ["", "Skipped cells:"] + [f"- {r['id']}: {r['skipped']}" for r in skipped]
-  return "\n".join(lines) + "\n"
+  return "\n".join(lines + skipped_notes(rows)) + "\n"
 
 
 def cs_figure(rows: list[dict], models: list[str], datasets: list[str]):
   """Grouped bars: CS_feat per model for every dataset, ours (solid) and the paper's (hatched)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   by = {(r["model"], r["dataset"]): r for r in rows}
   fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets) + 1, 3.6),
                            squeeze=False)
   x = np.arange(len(models))
   for ax, d in zip(axes[0], datasets):
-    ours = [100 * by[(m, d)]["cs_feat_mean"] if "skipped" not in by[(m, d)] else np.nan
-            for m in models]
-    err = [100 * by[(m, d)]["cs_feat_std"] if "skipped" not in by[(m, d)] else 0.0
-           for m in models]
+    ours, err = bar_values([by[(m, d)] for m in models], "cs_feat")
     paper = [PAPER[(m, d)][4] if (m, d) in PAPER else np.nan for m in models]
     ax.bar(x - 0.2, ours, 0.4, yerr=err, label="jmeta", color="tab:blue")
     ax.bar(x + 0.2, paper, 0.4, label="paper", color="tab:gray", hatch="//", alpha=0.7)
@@ -243,43 +204,27 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
   """Runs (or resumes) Table 1 into ``out_dir``; returns the summary written to results.json."""
   config = resolve(config)
   cells = make_cells(config)  # validates every model / train / metamer config up front
-  rd = runs.RunDir(out_dir)
-  rd.write_config(config)
-  graphs = runs.GraphCache(data_dir)
-  rows = runs.run_grid(
-      cells, lambda c: feature_cell(c, rd, graphs, cache_dir=config["cache_dir"],
-                                    save_metamers=config["save_metamers"], progress=progress),
-      rd, desc=NAME, progress=progress)
+  rd, rows = run_cached_cells(
+      cells, config, out_dir,
+      lambda c, rd, graphs: feature_cell(c, rd, graphs, cache_dir=config["cache_dir"],
+                                         save_metamers=config["save_metamers"],
+                                         progress=progress),
+      data_dir=data_dir, progress=progress, desc=NAME)
   mcfg = MetamerConfig(**config["metamer"])
   table = markdown_table(rows, config["models"], config["datasets"], num_seeds=mcfg.num_seeds,
                          steps=mcfg.steps)
-  rd.write_markdown("table", table)
   flat = []
   for r in rows:
-    row = {"model": r["model"], "dataset": r["dataset"]}
-    if "skipped" in r:
-      row["skipped"] = r["skipped"]
-    else:
-      for k in METRICS:
-        row[f"{k}_mean"], row[f"{k}_std"] = r[f"{k}_mean"], r[f"{k}_std"]
-      row["cs_of_means"] = r["cs_of_means"]
-      row["test_acc"] = r.get("test_acc")
+    row = summary_row(r, METRICS, extra=("cs_of_means", "test_acc"))
     p = PAPER.get((r["model"], r["dataset"]))
     if p is not None:
       row.update(paper_s_feat=p[0] / 100, paper_s_match=p[2] / 100, paper_cs_feat=p[4] / 100)
     flat.append(row)
-  rd.write_csv("metrics", flat)
-  rd.save_figure("table1_cs", cs_figure(rows, config["models"], config["datasets"]))
-  summary = {"experiment": NAME, "rows": rows, "table": table,
-             "skipped": {r["id"]: r["skipped"] for r in rows if "skipped" in r}}
-  rd.write_json("results", summary)
-  return summary
+  return write_results(rd, NAME, rows, flat, table, "table1_cs",
+                       cs_figure(rows, config["models"], config["datasets"]))
 
 
-def main(argv=None) -> int:
-  from jmeta.cli import experiment_main
-  return experiment_main(NAME, run, SCHEMA, argv)
-
+main = script_main(NAME, run, SCHEMA)
 
 if __name__ == "__main__":
   sys.exit(main())

@@ -24,54 +24,32 @@ Run:  python experiments/table2_transfer.py [--quick] [--out DIR]
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import sys
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
 from jmeta import checkpoint, config_io, runs, train
-from jmeta.config_io import KwargsOf, ListOf, MapOf, OneOf, Optional as Opt, Range, Required
-from jmeta.data import DATASETS, csbm
-from jmeta.metamers import MetamerConfig, feature_metamers
+from jmeta.config_io import MapOf, OneOf
+from jmeta.metamers import MetamerConfig
 from jmeta.models import MODEL_NAMES, ModelConfig, create_model
+from jmeta.study import (METRICS, cell_feature_metamers, cell_model, graph_loader,
+                         model_train_configs, num_seeds, open_run, pyplot, resolve_config,
+                         schema_defaults, schema_entries, script_main, seed_metrics, write_summary)
 from jmeta.train import TrainConfig
-
-
-def _sibling(name: str):
-  """Imports ``experiments/<name>.py`` (the scripts are loaded by file path, not as a package)."""
-  key = f"jmeta_experiments.{name}"
-  if key not in sys.modules:
-    spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-  return sys.modules[key]
-
-
-common = _sibling("fig6_mitigation")  # config helpers shared by the paper experiments
 
 EXPERIMENT = "table2_transfer"
 
 SCHEMA = {
-    "dataset": Required(OneOf(*DATASETS)),
-    "models": Required(ListOf(OneOf(*MODEL_NAMES), min_len=1, unique=True)),
+    **schema_entries("dataset", "models", required=("dataset", "models")),
     "excluded": MapOf(OneOf(*MODEL_NAMES), str),
-    "split": Range(0, None, integer=True),
-    "seed": Range(0, None, integer=True),
-    "model": ModelConfig,
-    "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig),
-    "train": TrainConfig,
-    "metamer": MetamerConfig,
-    "synthetic": KwargsOf(csbm),
-    "cache_dir": Opt(str),
+    **schema_entries("split", "seed", "model", "model_overrides", "train", "metamer",
+                     "synthetic", "cache_dir"),
 }
 
-DEFAULTS = {"excluded": {}, "split": 0, "seed": 0, "model": {}, "model_overrides": {},
-            "train": {}, "metamer": {}, "synthetic": {}, "cache_dir": None}
+DEFAULTS = schema_defaults(SCHEMA, excluded={})
 
 # The paper's Table 2 (arXiv 2510.17378), accuracy in percent (mean, std). Rows: metamer source
 # ("Methods"); columns: Original, then the retrained model.
@@ -94,7 +72,7 @@ PAPER = {
 
 def resolve(config: Mapping[str, Any]) -> dict:
   """Validated config with defaults (metamers target layer 1; excluded models are not run)."""
-  config = common.resolve_config(config, SCHEMA, DEFAULTS)
+  config = resolve_config(config, SCHEMA, DEFAULTS)
   if config["metamer"].get("layer", 1) != 1:
     raise config_io.ConfigError("metamer.layer: Table 2 uses layer-1 metamers")
   clash = sorted(set(config["models"]) & set(config["excluded"]))
@@ -103,22 +81,15 @@ def resolve(config: Mapping[str, Any]) -> dict:
   return config
 
 
-def num_seeds(config: Mapping[str, Any]) -> int:
-  return MetamerConfig(**config["metamer"]).num_seeds
-
-
 def make_cells(config: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
   """``(original cells, source cells)``; every cell carries the configs it depends on."""
-  def configs(name):
-    return {"model_config": common.model_config(config, name).to_dict(),
-            "train_config": common.train_config(config, name).to_dict()}
-
   base = {"dataset": config["dataset"], "split": config["split"], "seed": config["seed"]}
   originals = [{"id": f"original-{m}", "model": m, "num_seeds": num_seeds(config), **base,
-                **configs(m)} for m in config["models"]]
-  sources = [{"id": f"source-{m}", "model": m, **base, **configs(m),
+                **model_train_configs(config, m)} for m in config["models"]]
+  sources = [{"id": f"source-{m}", "model": m, **base, **model_train_configs(config, m),
               "metamer": MetamerConfig(**{**config["metamer"], "layer": 1}).to_dict(),
-              "targets": {t: configs(t) for t in config["models"]}} for m in config["models"]]
+              "targets": {t: model_train_configs(config, t) for t in config["models"]}}
+             for m in config["models"]]
   return originals, sources
 
 
@@ -169,13 +140,10 @@ def source_cell(cell: Mapping[str, Any], config: Mapping[str, Any], get_graph, r
   Writes ``retrained/<source>-<target>.npz`` (the retrained parameters, ``seed<s>/<path>``).
   """
   graph = get_graph(cell["dataset"])
-  tm = runs.trained_model(ModelConfig.from_dict(cell["model_config"]), cell["dataset"],
-                          TrainConfig.from_dict(cell["train_config"]), data_dir=data_dir,
-                          split=config["split"], cache_dir=config["cache_dir"], graph=graph,
-                          progress=progress)
-  res = feature_metamers(tm.model, tm.params, graph, jax.random.key(config["seed"]),
-                         MetamerConfig.from_dict(cell["metamer"]), progress=progress)
-  out = {k: [float(v) for v in res.metrics[k]] for k in common.METRICS}
+  tm = cell_model(cell, graph, split=config["split"], cache_dir=config["cache_dir"],
+                  progress=progress, data_dir=data_dir)
+  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress)
+  out = seed_metrics(res)
   acc, acc_meta = {}, {}
   for target, cfgs in cell["targets"].items():
     mc = ModelConfig.from_dict(cfgs["model_config"])
@@ -220,10 +188,7 @@ def markdown_table(config: Mapping[str, Any], originals: Sequence[dict],
 
 def plot(config: Mapping[str, Any], sources: Sequence[dict]):
   """Heat map of the mean retrained accuracy (rows: source, columns: retrained model)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = pyplot()
   models = config["models"]
   mat = np.array([[100 * np.mean(r["test_acc"][t]) for t in models] for r in sources])
   fig, ax = plt.subplots(figsize=(1.2 * len(models) + 2.5, 1.0 * len(models) + 1.5),
@@ -246,9 +211,8 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
   """Runs Table 2 into ``out_dir`` (resumable); returns the summary written to metrics.json."""
   config = resolve(config)
   originals, sources = make_cells(config)
-  run_dir = runs.RunDir(out_dir)
-  run_dir.write_config(config)
-  get_graph = common.graph_loader(config, data_dir)
+  run_dir = open_run(out_dir, config)
+  get_graph = graph_loader(config, data_dir)
   orig = runs.run_grid(originals, lambda c: original_cell(c, config, get_graph,
                                                           data_dir=data_dir, progress=progress),
                        run_dir, desc=f"{EXPERIMENT} original", progress=progress)
@@ -262,31 +226,22 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
            "original_std": 100 * np.std(o)}
     for t in config["models"]:
       row[f"{t}_mean"], row[f"{t}_std"] = (100 * v for v in runs.mean_std(r["test_acc"][t]))
-    for m in common.METRICS:
+    for m in METRICS:
       row[f"source_{m}_mean"] = 100 * runs.mean_std(r[m])[0]
     rows.append(row)
   matrix = {r["model"]: {t: r["test_acc"][t] for t in config["models"]} for r in src}
-  table = markdown_table(config, orig, src)
-  files = {"csv": run_dir.write_csv("metrics", rows),
-           "table": run_dir.write_markdown("table", table),
-           "arrays": run_dir.write_npz(
-               "accuracy", sources=np.array(config["models"]), targets=np.array(config["models"]),
-               test_acc=np.array([[matrix[m][t] for t in config["models"]]
-                                  for m in config["models"]]),
-               original_test_acc=np.array([x["test_acc"] for x in orig])),
-           "figure": run_dir.save_figure(EXPERIMENT, plot(config, src))}
-  summary = {"experiment": EXPERIMENT, "rows": rows, "matrix": matrix,
-             "original": {x["model"]: x["test_acc"] for x in orig},
-             "excluded": config["excluded"], "table_markdown": table,
-             "files": {k: os.path.relpath(v, out_dir) for k, v in files.items()}}
-  run_dir.write_json("metrics", summary)
-  return summary
+  arrays = run_dir.write_npz(
+      "accuracy", sources=np.array(config["models"]), targets=np.array(config["models"]),
+      test_acc=np.array([[matrix[m][t] for t in config["models"]] for m in config["models"]]),
+      original_test_acc=np.array([x["test_acc"] for x in orig]))
+  original = {x["model"]: x["test_acc"] for x in orig}
+  return write_summary(run_dir, EXPERIMENT, rows, markdown_table(config, orig, src),
+                       arrays=arrays, figure=plot(config, src),
+                       extra={"matrix": matrix, "original": original,
+                              "excluded": config["excluded"]})
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  from jmeta.cli import experiment_main
-  return experiment_main(EXPERIMENT, run, SCHEMA, argv)
-
+main = script_main(EXPERIMENT, run, SCHEMA)
 
 if __name__ == "__main__":
   sys.exit(main())

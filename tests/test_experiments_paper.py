@@ -18,7 +18,7 @@ import chex
 import numpy as np
 import pytest
 
-from jmeta import checkpoint, config_io, runs, train
+from jmeta import checkpoint, config_io, runs, study, train
 from jmeta.models import create_model
 
 NUMBER = re.compile(r"(-?\d+\.\d+) ± (\d+\.\d+)")
@@ -127,8 +127,8 @@ def test_fig6_quick_end_to_end(tmp_path, cache_dir):
 
 def test_fig6_graphormer_residual_is_its_baseline_and_skips():
   mod = load_experiment("fig6_mitigation")
-  config = mod.resolve_config({"datasets": ["cora", "pubmed"], "models": ["gcn", "graphormer"],
-                               "skip": {"graphormer/pubmed": "too big"}})
+  config = mod.resolve({"datasets": ["cora", "pubmed"], "models": ["gcn", "graphormer"],
+                        "skip": {"graphormer/pubmed": "too big"}})
   todo, other = mod.make_cells(config)
   ids = {c["id"] for c in todo}
   assert "cora-graphormer-baseline" in ids and "cora-graphormer-residual" not in ids
@@ -141,9 +141,9 @@ def test_fig6_graphormer_residual_is_its_baseline_and_skips():
   assert merged["cora-graphormer-residual"]["cs_feat"] == [0.25, 0.75]
   assert merged["cora-graphormer-residual"]["variant"] == "residual"
   with pytest.raises(config_io.ConfigError, match="skip.gcn"):
-    mod.resolve_config({"datasets": ["cora"], "models": ["gcn"], "skip": {"gcn": "x"}})
+    mod.resolve({"datasets": ["cora"], "models": ["gcn"], "skip": {"gcn": "x"}})
   with pytest.raises(config_io.ConfigError, match="variants"):
-    mod.resolve_config({"datasets": ["cora"], "models": ["gcn"], "variants": ["dropout"]})
+    mod.resolve({"datasets": ["cora"], "models": ["gcn"], "variants": ["dropout"]})
 
 
 def test_fig7_quick_end_to_end(tmp_path, cache_dir):
@@ -234,7 +234,7 @@ def test_table2_quick_matches_independent_evaluation(tmp_path, cache_dir):
     for target in models:
       accs = summary["matrix"][source][target]
       assert len(accs) == 2
-      model = create_model(mod.common.model_config(mod.resolve(config), target),
+      model = create_model(study.model_config(mod.resolve(config), target),
                            graph.num_classes)
       with np.load(out / "retrained" / f"{source}-{target}.npz") as z:
         flat = {k: z[k] for k in z.files}
@@ -249,3 +249,51 @@ def test_table2_quick_matches_independent_evaluation(tmp_path, cache_dir):
   with open(out / "cells" / "source-gcn.json") as f:
     res = json.load(f)["result"]
   assert all(s < 0.999 for s in res["s_feat"])
+
+
+def test_study_schema_and_defaults():
+  schema = {**study.schema_entries("datasets", "models", required=("models",)),
+            "widths": config_io.ListOf(int), **study.schema_entries("split", "save_metamers")}
+  assert list(schema) == ["datasets", "models", "widths", "split", "save_metamers"]
+  assert isinstance(schema["models"], config_io.Required)
+  assert not isinstance(schema["datasets"], config_io.Required)
+  defaults = study.schema_defaults(schema, widths=[8], save_metamers=True)
+  assert list(defaults.items()) == [("widths", [8]), ("split", 0), ("save_metamers", True)]
+  with pytest.raises(KeyError, match="hidden"):
+    study.schema_entries("hidden")
+  with pytest.raises(KeyError, match="layers"):
+    study.schema_entries("split", required=("layers",))
+  with pytest.raises(KeyError, match="crop"):
+    study.schema_defaults(schema, crop={})
+  with pytest.raises(ValueError, match="x: config key 'models' is required"):
+    study.fill_defaults({"datasets": ["cora"]}, {"split": 0}, ("datasets", "models"), "x")
+
+
+def test_study_grid_cells_results_and_table():
+  config = {"datasets": ["cora", "citeseer"], "models": ["gcn", "gat"],
+            "skip": {"gat/citeseer": "too big"}}
+
+  def make(dataset, name, width):
+    if name == "gat" and width == 2:
+      return {"status": "same", "note": "as width 1"}
+    return {"dataset": dataset, "model": name}
+
+  todo, other = study.grid_cells(config, "width", [1, 2], "w", make)
+  assert [c["id"] for c in todo] == ["cora-gcn-w1", "cora-gcn-w2", "cora-gat-w1",
+                                     "citeseer-gcn-w1", "citeseer-gcn-w2"]
+  assert todo[0] == {"id": "cora-gcn-w1", "width": 1, "dataset": "cora", "model": "gcn"}
+  assert {o["id"]: o["status"] for o in other} == {
+      "cora-gat-w2": "same", "citeseer-gat-w1": "skipped", "citeseer-gat-w2": "skipped"}
+  by_id = {c["id"]: {**c, "cs_feat": [0.5, 0.7]} for c in todo}
+  by_id.update({o["id"]: {**o, "cs_feat": [0.1, 0.1]} if o["status"] == "same" else o
+                for o in other})
+  results = study.grid_results(config, [1, 2], "w", by_id)
+  assert [r["id"] for r in results] == [study.cell_id(d, m, w, "w") for d in config["datasets"]
+                                        for m in config["models"] for w in (1, 2)]
+  table = study.grid_table("caption", "width", config, results, [1, 2], "w")
+  lines = table.splitlines()
+  assert lines[:4] == ["caption", "", "| model | width | cora | citeseer |", "|---|---|---|---|"]
+  assert lines[4] == "| gcn | 1 | 60.00 ± 10.00 | 60.00 ± 10.00 |"
+  assert lines[7] == "| gat | 2 | 10.00 ± 0.00 | skipped¹ |"
+  assert lines[-1] == "¹ gat on citeseer: too big"  # one footnote for both skipped cells
+  assert table.count("¹ gat on citeseer") == 1
