@@ -230,11 +230,14 @@ def test_seed_groups_give_the_same_metamers(small, seed_batch):
 
 
 def test_automatic_group_size():
-  assert opt.group_size(None, 8, "cpu") == 1
-  assert opt.group_size(None, 20, "cpu") == 3  # at most 8 groups
-  assert opt.group_size(None, 8, "gpu") == 8
-  assert opt.group_size(0, 5, "cpu") == 5
-  assert opt.group_size(7, 5, "cpu") == 5
+  big = 2708 * 1433
+  assert opt.group_size(None, 8, "cpu", big) == 1
+  assert opt.group_size(None, 20, "cpu", big) == 3  # at most 8 groups
+  assert opt.group_size(None, 8, "cpu", 60 * 24) == 8  # small: one vmap
+  assert opt.group_size(None, 8, "gpu", big) == 8
+  assert opt.group_size(0, 5, "cpu", big) == 5
+  assert opt.group_size(7, 5, "cpu", big) == 5
+  assert opt.group_size(2, 5, "cpu", 10) == 2
   state = opt.LoopState(*[jnp.arange(5)] * len(opt.LoopState._fields))
   groups = opt.split_groups(state, 2)
   assert [int(g.step.shape[0]) for g in groups] == [2, 2, 1]

@@ -38,10 +38,11 @@ class MetamerConfig:
     init_scale: multiplies tau (the per-feature std) in the initialisation of eq. (7).
     seed_batch: seeds vmapped together. 0: all S seeds in one vmap. A positive value splits
       the seeds into groups of that size that run one after another inside the same compiled
-      step (still one compilation, one program). None (default): 0 on an accelerator; on CPU,
-      groups of ``ceil(S / 8)`` (so one seed per group up to S = 8), because there one batched
-      [S * n, d] product is slower than S separate ones (benchmarks/metamer_throughput.py:
-      52 vs 47 seed-steps/s at S = 8 on Cora). Results do not depend on it.
+      step (still one compilation, one program). None (default): on CPU, when a seed optimises
+      at least 2^18 entries, groups of ``ceil(S / 8)`` (one seed per group up to S = 8), because
+      there one batched [S * n, d] product is slower than S separate ones once it leaves the
+      cache (benchmarks/metamer_throughput.py); otherwise (small graphs, accelerators) 0.
+      Results do not depend on it.
   """
 
   layer: int = 1

@@ -155,10 +155,21 @@ def init_states(spec, keys: jax.Array, data) -> LoopState:
   return jax.vmap(lambda k: _init_state(spec.objective(), optimizer, k, data))(keys)
 
 
-def group_size(seed_batch: Optional[int], num_seeds: int, backend: str) -> int:
-  """Seeds per vmapped group for `MetamerConfig.seed_batch` (None: chosen for ``backend``)."""
+# Below this many optimised entries per seed (1 MB of float32) a seed's arrays stay in cache and
+# one vmap over all seeds is fastest; above it, on CPU, seeds run in groups (see MetamerConfig).
+_GROUP_MIN_ENTRIES = 1 << 18
+
+
+def group_size(seed_batch: Optional[int], num_seeds: int, backend: str,
+               entries_per_seed: int) -> int:
+  """Seeds per vmapped group for `MetamerConfig.seed_batch`.
+
+  ``None`` chooses: on CPU, when a seed optimises at least 2^18 entries (Cora's features: 3.9 M),
+  ``ceil(S / 8)`` seeds a group (one seed a group up to S = 8); otherwise all seeds in one group.
+  """
   if seed_batch is None:
-    seed_batch = -(-num_seeds // 8) if backend == "cpu" else 0
+    big = backend == "cpu" and entries_per_seed >= _GROUP_MIN_ENTRIES
+    seed_batch = -(-num_seeds // 8) if big else 0
   return num_seeds if seed_batch <= 0 else min(seed_batch, num_seeds)
 
 
@@ -205,8 +216,10 @@ def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
   from tqdm.auto import tqdm
 
   config = spec.config
-  size = group_size(config.seed_batch, int(keys.shape[0]), jax.default_backend())
-  state = split_groups(init_states(spec, keys, data), size)
+  state = init_states(spec, keys, data)
+  num = int(keys.shape[0])
+  entries = sum(int(a.size) for a in jax.tree.leaves(state.params)) // num
+  state = split_groups(state, group_size(config.seed_batch, num, jax.default_backend(), entries))
   t0 = time.perf_counter()
   compiled = run_chunk.lower(spec, state, data).compile()  # reuses the compilation cache
   compile_seconds = time.perf_counter() - t0
