@@ -619,11 +619,15 @@ def test_feature_width_mismatch(graph, name):
     model.apply(v, graph, adj=jnp.ones((N, N + 1)))
 
 
-@pytest.mark.parametrize("rate", [0.1, 0.5, 0.6])
-def test_half_word_dropout_keep_probability_and_scaling(rate):
-  from jmeta.models.dropout import Dropout, keep_mask
+@pytest.mark.parametrize("rate,bits", [(0.1, 16), (0.5, 1), (0.6, 16), (0.25, 2),
+                                       (0.375, 4)])
+def test_few_bit_dropout_keep_probability_and_scaling(rate, bits):
+  from jmeta.models.dropout import Dropout, bits_for_rate, keep_mask
+  assert bits_for_rate(rate) == bits
   mask, keep = keep_mask(jax.random.key(0), (401, 301), rate)
   assert abs(keep - (1 - rate)) <= 2.0 ** -17
+  if bits < 16:
+    assert keep == 1 - rate  # dyadic rates are exact
   # Binomial mean within 5 standard deviations.
   n = mask.size
   assert abs(float(mask.mean()) - keep) < 5 * np.sqrt(keep * (1 - keep) / n)

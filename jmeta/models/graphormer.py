@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import jraph
 
 from jmeta.graph import Graph
-from jmeta.models.dropout import Dropout
+from jmeta.models.dropout import Dropout, keep_mask
 from jmeta.models.config import ModelConfig
 from jmeta.models.gat import head_split
 from jmeta.models.propagate import (Structure, binary_in_degree, binary_out_degree,
@@ -66,23 +66,16 @@ embed_init = nn.initializers.normal(stddev=0.02)
 
 
 def attention_keep_mask(key: jax.Array, shape: tuple, rate: float) -> tuple[Array, float]:
-  """A Bernoulli keep mask for the attention probabilities, one random *byte* per entry.
+  """A Bernoulli keep mask for the attention probabilities, at most one random *byte* per entry.
 
   The ``[H, n, n]`` attention mask is the largest random draw of a step (29 M entries per block
-  on Cora with 4 heads). ``key`` (any PRNG key) seeds XLA's ``RngBitGenerator`` (``rbg`` key,
-  derived deterministically from ``key``), which is ~6x faster on CPU than threefry, and each
-  32-bit word gives four 8-bit uniforms compared with ``round(rate * 256)``.
+  on Cora with 4 heads): `jmeta.models.dropout.keep_mask` with ``max_bits=8``.
 
   Returns:
     ``(mask, keep)``: ``mask`` bool of ``shape``; ``keep = 1 - round(rate * 256) / 256`` is its
     exact keep probability (within ``2^-9`` of ``1 - rate``).
   """
-  size = math.prod(shape)
-  cut = int(round(rate * 256))
-  rbg = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl="rbg")
-  words = jax.random.bits(rbg, ((size + 3) // 4,), jnp.uint32)
-  quarters = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:size]
-  return (quarters >= cut).reshape(shape), 1.0 - cut / 256
+  return keep_mask(key, shape, rate, max_bits=8)
 
 
 class GraphormerBlock(nn.Module):
