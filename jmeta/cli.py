@@ -147,11 +147,16 @@ def _print_config(config: dict) -> None:
   print(dump_yaml(config), end="")
 
 
+def _model_config(config: dict):
+  from jmeta import runs
+  fields = {k: v for k, v in config["model"].items() if k != "name"}
+  return runs.default_model_config(config["model"]["name"], **fields)
+
+
 def _model_and_graph(config: dict, args, progress: bool):
   """(ModelConfig, TrainConfig, TrainedModel) of a command config, trained or loaded."""
   from jmeta import runs
-  fields = {k: v for k, v in config["model"].items() if k != "name"}
-  model_cfg = runs.default_model_config(config["model"]["name"], **fields)
+  model_cfg = _model_config(config)
   train_cfg = runs.train_config_from(config, model_cfg.name)
   tm = runs.trained_model(model_cfg, config["dataset"], train_cfg, data_dir=args.data_dir,
                           split=config.get("split", 0), cache_dir=config.get("cache_dir"),
@@ -218,14 +223,33 @@ def _default_out(args, *parts: str) -> str:
   return args.out or os.path.join("results", *parts)
 
 
-def cmd_train(args) -> int:
-  from jmeta import checkpoint, runs
-  config = _load_command_config(args, "train", _schemas()["train"])
+def _setup(args, name: str, layer_key: Optional[str] = None):
+  """Loads and validates the command's config, then trains or loads its model.
+
+  Returns ``None`` after printing the config for ``--dry-run``, else ``(config, start time,
+  model config, train config, trained model)``. ``layer_key`` (a dotted config key) names a
+  target layer checked against the model's depth before any training.
+  """
+  config = _load_command_config(args, name, _schemas()[name])
   if args.dry_run:
     _print_config(config)
-    return 0
+    return None
+  if layer_key is not None:
+    section, _, field = layer_key.rpartition(".")
+    layer = (config.get(section, {}) if section else config).get(field, 1)
+    depth = _model_config(config).num_layers
+    if layer > depth:
+      raise ValueError(f"{layer_key}={layer} exceeds model.num_layers={depth}")
   t0 = time.perf_counter()
-  model_cfg, train_cfg, tm = _model_and_graph(config, args, progress=not args.quiet)
+  return (config, t0) + tuple(_model_and_graph(config, args, progress=not args.quiet))
+
+
+def cmd_train(args) -> int:
+  from jmeta import checkpoint, runs
+  setup = _setup(args, "train")
+  if setup is None:
+    return 0
+  config, t0, model_cfg, train_cfg, tm = setup
   rd = runs.RunDir(_default_out(args, "train", f"{model_cfg.name}-{config['dataset']}"))
   rd.write_config(_resolved(config, model_cfg, train_cfg))
   checkpoint.save_checkpoint(rd.file("checkpoint"), tm.params, model_cfg,
@@ -260,18 +284,13 @@ def cmd_metamer(args) -> int:
   from jmeta import runs
   from jmeta.graph import to_dense
   from jmeta.metamers import MetamerConfig, feature_metamers, structure_metamers
-  config = _load_command_config(args, "metamer", _schemas()["metamer"])
-  if args.dry_run:
-    _print_config(config)
+  setup = _setup(args, "metamer", layer_key="metamer.layer")
+  if setup is None:
     return 0
-  t0 = time.perf_counter()
+  config, t0, model_cfg, train_cfg, tm = setup
   kind = config.get("kind", "feature")
   mcfg = MetamerConfig(**config.get("metamer", {}))
-  model_cfg, train_cfg, tm = _model_and_graph(config, args, progress=not args.quiet)
   graph = tm.graph
-  if mcfg.layer > model_cfg.num_layers:
-    raise ValueError(f"metamer.layer={mcfg.layer} exceeds model.num_layers="
-                     f"{model_cfg.num_layers}")
   rd = runs.RunDir(_default_out(args, "metamer",
                                 f"{model_cfg.name}-{config['dataset']}-{kind}"))
   rd.write_config(_resolved(config, model_cfg, train_cfg, metamer=mcfg.to_dict(), kind=kind))
@@ -309,15 +328,11 @@ def cmd_metamer(args) -> int:
 
 def cmd_rank(args) -> int:
   from jmeta import jacobian, runs
-  config = _load_command_config(args, "rank", _schemas()["rank"])
-  if args.dry_run:
-    _print_config(config)
+  setup = _setup(args, "rank", layer_key="layer")
+  if setup is None:
     return 0
-  t0 = time.perf_counter()
+  config, t0, model_cfg, train_cfg, tm = setup
   layer = config.get("layer", 1)
-  model_cfg, train_cfg, tm = _model_and_graph(config, args, progress=not args.quiet)
-  if layer > model_cfg.num_layers:
-    raise ValueError(f"layer={layer} exceeds model.num_layers={model_cfg.num_layers}")
   rd = runs.RunDir(_default_out(args, "rank",
                                 f"{model_cfg.name}-{config['dataset']}-L{layer}"))
   rd.write_config(_resolved(config, model_cfg, train_cfg))

@@ -54,6 +54,16 @@ def test_bad_config_exits_2_naming_the_key(capsys, argv, match):
   assert re.search(match, err), err
 
 
+@pytest.mark.parametrize("command,key", [("metamer", "metamer.layer"), ("rank", "layer")])
+def test_layer_deeper_than_the_model_is_refused_before_training(command, key, capsys,
+                                                                monkeypatch):
+  def no_training(*a, **k):
+    raise AssertionError("trained before checking the layer")
+  monkeypatch.setattr(runs, "trained_model", no_training)
+  assert cli.main([command, "--set", "model.num_layers=2", "--set", f"{key}=3"]) == 2
+  assert f"{key}=3 exceeds model.num_layers=2" in capsys.readouterr().err
+
+
 def test_model_name_required(tmp_path, capsys):
   p = tmp_path / "c.yaml"
   p.write_text("model: {hidden: 8}\ndataset: cora\n")
