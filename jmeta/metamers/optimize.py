@@ -231,9 +231,9 @@ def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
     for _ in range(n_chunks):
       state, losses = compiled(state, data)
       curves.append(losses)
-      done = np.concatenate([jax.device_get(g.done) for g in state])
-      steps = np.concatenate([jax.device_get(g.step) for g in state])
-      last = np.concatenate([jax.device_get(g.act_loss) for g in state])
+      # One host transfer per chunk for the progress bar and the early stop.
+      done, steps, last = (np.concatenate(a) for a in zip(*jax.device_get(
+          [(g.done, g.step, g.act_loss) for g in state])))
       bar.update(int(min(steps.max(), config.steps)) - bar.n)
       finite = last[np.isfinite(last)]
       if finite.size:

@@ -75,11 +75,9 @@ def binary_adjacency(soft: jax.Array, k: int, slope: float, threshold_hint=None)
 def _adjacency_surrogate_grad(soft, g, slope, margin_coef):
   n = soft.shape[0]
   pairs = n * (n - 1) // 2
-  upper = (jax.lax.broadcasted_iota(jnp.int32, (n, n), 0)
-           < jax.lax.broadcasted_iota(jnp.int32, (n, n), 1))
   p = jax.nn.sigmoid(slope * soft)
   grad = slope * p * (1.0 - p) * (g + g.T + (margin_coef / pairs) * (1.0 - 2.0 * p))
-  return jnp.where(upper, grad, 0.0)
+  return jnp.where(upper_mask(n), grad, 0.0)
 
 
 straight_through_adjacency = make_straight_through(_adjacency_surrogate_grad, """\
