@@ -215,15 +215,15 @@ def test_vmapped_seeds_equal_separate_runs(small):
   assert np.any(both.metamers[0] != both.metamers[1])
 
 
-@pytest.mark.parametrize("seed_batch", [0, 1, 2])
+@pytest.mark.parametrize("seed_batch", [1, 2])
 def test_seed_groups_give_the_same_metamers(small, seed_batch):
-  """Seeds vmapped all together, one by one, or in uneven groups (2 + 1): same results."""
+  """Seeds one by one, or in uneven groups (2 + 1): the results of one vmap over all seeds."""
   graph, model, params = small
   cfg = MetamerConfig(steps=15, chunk=5, num_seeds=3, learning_rate=0.02, seed_batch=seed_batch)
   res = feature_metamers(model, params, graph, jax.random.key(5), cfg, progress=False)
   ref = feature_metamers(model, params, graph, jax.random.key(5),
                          MetamerConfig(steps=15, chunk=5, num_seeds=3, learning_rate=0.02,
-                                       seed_batch=3), progress=False)
+                                       seed_batch=0), progress=False)
   chex.assert_shape(res.losses, (3, 15))
   np.testing.assert_allclose(res.losses, ref.losses, rtol=2e-5, atol=1e-6)
   np.testing.assert_array_equal(res.metamers, ref.metamers)
