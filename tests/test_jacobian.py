@@ -218,3 +218,13 @@ def test_bad_input(graph):
     jac.node_ranks(model, params, graph, 1, method="qr")
   with pytest.raises(ValueError, match="chunk_size"):
     jac.node_jacobians(model, params, graph, 1, chunk_size=0)
+
+
+def test_row_normalised_model(graph):
+  """Layer 1 of an input_norm="row" model is refused; layer 2's map reproduces the model."""
+  model, params = build(graph, "gcn", input_norm="row")
+  with pytest.raises(ValueError, match="input_norm='row'"):
+    jac.node_ranks(model, params, graph, 1)
+  nm = jac.local_node_map(model, params, graph, 2)
+  h = jax.vmap(lambda u, v: jac.node_fn(nm, u, v))(nm.inputs, jnp.arange(graph.num_nodes))
+  chex.assert_trees_all_close(h, model.apply(params, graph).activations[1], atol=2e-6)

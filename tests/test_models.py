@@ -464,6 +464,28 @@ def test_residual_definition(graph):
   chex.assert_trees_all_close(out.activations, (h1, h2, logits), **TOL)
 
 
+@pytest.mark.parametrize("name", ["gcn", "graphormer"])
+def test_row_normalised_input(name):
+  """input_norm="row" == the plain model on numpy-normalised features; a zero row stays 0 and
+  its gradient is finite."""
+  rng = np.random.default_rng(3)
+  x = (rng.uniform(size=(N, D)) < 0.5).astype(np.float64)
+  x[0], x[1] = 0.0, [1.0, 1.0, 0.0, 0.0]                   # an all-zero row, a two-word row
+  g = _graph().with_features(jnp.asarray(x, jnp.float32))
+  row = create_model(ModelConfig(name, hidden=8, heads=2, input_norm="row"), 3)
+  plain = create_model(ModelConfig(name, hidden=8, heads=2), 3)
+  v = _random_params(plain, g, seed=1)
+  total = x.sum(1, keepdims=True)
+  x_norm = np.where(total > 0, x / np.where(total > 0, total, 1.0), 0.0)
+  got = _apply(row, v, g).activations
+  want = _apply(plain, v, g.with_features(jnp.asarray(x_norm, jnp.float32))).activations
+  chex.assert_trees_all_close(got, want, **TOL)
+  assert not np.allclose(np.asarray(got[0]), np.asarray(_apply(plain, v, g).activations[0]))
+  grad = jax.jit(jax.grad(lambda xx: jnp.sum(row.apply(v, g.with_features(xx)).logits ** 2)))(
+      g.x)
+  assert np.isfinite(np.asarray(grad)).all() and np.abs(np.asarray(grad[0])).sum() > 0
+
+
 @pytest.mark.parametrize("name", ["gcn", "cheb", "sage", "gin", "gat"])
 def test_edge_weight_gradient(graph, name):
   model = create_model(ModelConfig(name, hidden=8, heads=2), 3)
@@ -576,7 +598,7 @@ def test_init(graph, name):
     ("name", "gcnn"), ("name", 3), ("num_layers", 0), ("num_layers", 2.0), ("num_layers", True),
     ("hidden", 0), ("activation", "tanh"), ("dropout", 1.0), ("dropout", -0.1),
     ("dropout", float("nan")), ("heads", 0), ("out_heads", 0), ("cheb_k", 0), ("max_spd", 0),
-    ("residual", 1), ("gin_eps", float("inf")),
+    ("residual", 1), ("gin_eps", float("inf")), ("input_norm", "l2"), ("input_norm", None),
 ])
 def test_config_validation(field, value):
   kwargs = {"name": "gcn", field: value}

@@ -21,7 +21,7 @@ import jax
 
 from jmeta.graph import Graph
 from jmeta.models.cheb import ChebConv, ChebNet
-from jmeta.models.config import ACTIVATIONS, MODEL_NAMES, ModelConfig
+from jmeta.models.config import ACTIVATIONS, INPUT_NORMS, MODEL_NAMES, ModelConfig
 from jmeta.models.gat import GAT, GATConv, head_split
 from jmeta.models.gcn import GCN, GCNConv
 from jmeta.models.gin import GIN, GINConv
@@ -78,7 +78,7 @@ def check_params_match(variables: Mapping[str, Any], graph: Graph,
 
 
 __all__ = [
-    "ACTIVATIONS", "MODEL_NAMES", "ModelConfig", "ModelOutput", "create_model",
+    "ACTIVATIONS", "INPUT_NORMS", "MODEL_NAMES", "ModelConfig", "ModelOutput", "create_model",
     "check_params_match", "MessagePassingGNN", "GCN", "GCNConv", "ChebNet", "ChebConv",
     "GraphSAGE", "SAGEConv", "GIN", "GINConv", "GAT", "GATConv", "head_split", "Graphormer",
     "GraphormerBlock",

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 MODEL_NAMES = ("gcn", "cheb", "sage", "gin", "gat", "graphormer")
 ACTIVATIONS = ("relu", "elu")
+INPUT_NORMS = ("none", "row")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -45,6 +46,11 @@ class ModelConfig:
     cheb_k: number of Chebyshev terms of ChebConv (``K`` in PyG).
     gin_eps: the ``eps`` of GINConv, ``(1 + eps) x_v + sum_u x_u``.
     max_spd: Graphormer shortest-path distances are clamped to ``max_spd``.
+    input_norm: ``"none"`` feeds ``x`` as it is; ``"row"`` divides each node's features by their
+      sum inside the model (``x_v / sum_j x_vj``, rows summing to 0 stay 0), as PyG's
+      ``NormalizeFeatures`` does to the data. Inside the model, a metamer still lives in the raw
+      (binary) feature space and the normalisation is part of the function whose invariances
+      are measured: a row-normalised model cannot tell rows of equal proportions apart.
   """
 
   name: str
@@ -58,6 +64,7 @@ class ModelConfig:
   cheb_k: int = 2
   gin_eps: float = 0.0
   max_spd: int = 5
+  input_norm: str = "none"
 
   def __post_init__(self):
     if not isinstance(self.name, str) or self.name.lower() not in MODEL_NAMES:
@@ -67,6 +74,10 @@ class ModelConfig:
       raise ValueError(f"ModelConfig.activation must be one of {ACTIVATIONS}, got "
                        f"{self.activation!r}")
     object.__setattr__(self, "activation", self.activation.lower())
+    if not isinstance(self.input_norm, str) or self.input_norm.lower() not in INPUT_NORMS:
+      raise ValueError(f"ModelConfig.input_norm must be one of {INPUT_NORMS}, got "
+                       f"{self.input_norm!r}")
+    object.__setattr__(self, "input_norm", self.input_norm.lower())
     _check_int("num_layers", self.num_layers, 1)
     _check_int("hidden", self.hidden, 1)
     _check_int("heads", self.heads, 1)

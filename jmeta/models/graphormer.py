@@ -145,7 +145,7 @@ class Graphormer(nn.Module):
                train: bool = False) -> ModelOutput:
     """Same call as the message-passing models (`jmeta.models.stack.MessagePassingGNN`)."""
     cfg = self.config
-    x, s = model_inputs(graph, adj)
+    x, s = model_inputs(graph, adj, cfg.input_norm)
     check_input_width(self, self.input_kernel, x.shape[1])
     heads, c = head_split(cfg.hidden, cfg.heads)
     x = Dropout(cfg.dropout, deterministic=not train)(x)

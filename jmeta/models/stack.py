@@ -55,9 +55,20 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
   return fns[name]
 
 
-def model_inputs(graph: Union[Graph, jraph.GraphsTuple],
-                 adj: Optional[Array]) -> tuple[Array, Structure]:
+def normalize_rows(x: Array) -> Array:
+  """``x_v / sum_j x_vj`` for every row of ``x: [n, d]``; a row summing to 0 is left as it is.
+
+  The gradient is finite everywhere (the guarded denominator is never 0).
+  """
+  total = jnp.sum(x, axis=1, keepdims=True)
+  return x / jnp.where(total == 0, jnp.ones_like(total), total)
+
+
+def model_inputs(graph: Union[Graph, jraph.GraphsTuple], adj: Optional[Array],
+                 input_norm: str = "none") -> tuple[Array, Structure]:
   """Features ``x: [n, d]`` and the structure: the graph's edges, or ``adj: [n, n]`` if given.
+
+  ``input_norm="row"`` returns the features through `normalize_rows` (``ModelConfig.input_norm``).
 
   Raises:
     ValueError: if ``adj`` is not ``[n, n]`` or features are not ``[n, d]``.
@@ -67,6 +78,10 @@ def model_inputs(graph: Union[Graph, jraph.GraphsTuple],
   if x.ndim != 2:
     raise ValueError(f"node features must be [n, d], got shape {x.shape}")
   n = x.shape[0]
+  if input_norm == "row":
+    x = normalize_rows(x)
+  elif input_norm != "none":
+    raise ValueError(f"input_norm must be 'none' or 'row', got {input_norm!r}")
   if adj is None:
     return x, EdgeList(gt.senders, gt.receivers, gt.edges, n)
   adj = jnp.asarray(adj)
@@ -136,7 +151,7 @@ class MessagePassingGNN(nn.Module):
       `ModelOutput` with ``K`` activations.
     """
     cfg = self.config
-    x, s = model_inputs(graph, adj)
+    x, s = model_inputs(graph, adj, cfg.input_norm)
     check_input_width(self, self.input_kernel, x.shape[1])
     act = activation_fn(cfg.activation)
     h, acts = x, []
