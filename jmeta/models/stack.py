@@ -2,7 +2,7 @@
 
 A model with ``K = config.num_layers`` layers computes (PyG style)::
 
-  h_0 = x
+  h_0 = x                                            # x / rowsum(x) with input_norm="row"
   z_k = conv_k(dropout(h_{k-1}), A)                  # dropout only with train=True
   h_k = act(z_k) [+ P_k h_{k-1}]    for k < K        # residual (config.residual) on hidden layers
   h_K = z_K                                          # logits, no activation
