@@ -220,7 +220,7 @@ def _check_layer(model: nn.Module, layer: int) -> int:
   if not 1 <= layer <= cfg.num_layers:
     raise ValueError(f"layer must be in [1, {cfg.num_layers}] for a {cfg.num_layers}-layer "
                      f"model, got {layer}")
-  if layer == 1 and getattr(cfg, "input_norm", "none") != "none":
+  if layer == 1 and cfg.input_norm != "none":
     raise ValueError(f"layer 1 of a model with input_norm={cfg.input_norm!r} is not a linear map "
                      "followed by a per-node function of the input (the row normalisation comes "
                      "first); the Jacobian analysis supports input_norm='none' at layer 1, or "

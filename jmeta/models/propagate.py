@@ -42,8 +42,8 @@ class DenseAdj:
   from ``adj`` (``None`` = ones / zeros) so that normalising the graph (`gcn_norm`, `cheb_norm`,
   self loops) costs ``O(n)`` and propagating is one product with ``adj``: the normalised
   ``[n, n]`` matrix is never built, and the gradient with respect to ``adj`` is one outer
-  product instead of several ``n^2`` passes (a GCN layer's backward on Cora: 130 -> 40 ms). `matrix` builds ``M`` for the
-  primitives that need every entry (attention, shortest paths).
+  product instead of several ``n^2`` passes (a GCN layer's backward on Cora: 130 -> 40 ms).
+  `matrix` builds ``M`` for the primitives that need every entry (attention, shortest paths).
 
   Attributes:
     adj: ``[n, n]``.

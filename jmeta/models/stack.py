@@ -23,7 +23,7 @@ import jraph
 
 from jmeta.graph import Graph
 from jmeta.models.dropout import Dropout
-from jmeta.models.config import ModelConfig
+from jmeta.models.config import INPUT_NORMS, ModelConfig
 from jmeta.models.propagate import DenseAdj, EdgeList, Structure
 
 Array = jnp.ndarray
@@ -81,7 +81,7 @@ def model_inputs(graph: Union[Graph, jraph.GraphsTuple], adj: Optional[Array],
   if input_norm == "row":
     x = normalize_rows(x)
   elif input_norm != "none":
-    raise ValueError(f"input_norm must be 'none' or 'row', got {input_norm!r}")
+    raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
   if adj is None:
     return x, EdgeList(gt.senders, gt.receivers, gt.edges, n)
   adj = jnp.asarray(adj)
