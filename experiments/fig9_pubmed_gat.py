@@ -27,10 +27,10 @@ import numpy as np
 from jmeta import runs
 from jmeta.config_io import OneOf, Range
 from jmeta.models import MODEL_NAMES
-from jmeta.study import (METRICS, cell_common, cell_feature_metamers, cell_model, cell_row,
-                         check_target_layers, graph_loader, model_config, num_seeds, open_run,
-                         pyplot, resolve_config, schema_entries, script_main, seed_metrics,
-                         train_config, write_summary)
+from jmeta.study import (METRICS, cell_common, cell_defaults, cell_feature_metamers, cell_model,
+                         cell_row, check_target_layers, graph_loader, model_config, num_seeds,
+                         open_run, pyplot, resolve_config, schema_entries, script_main,
+                         seed_metrics, train_config, write_summary)
 
 EXPERIMENT = "fig9_pubmed_gat"
 
@@ -163,7 +163,7 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
   results = runs.run_grid(
       cells, lambda c: layer_cell(c, config, get_graph, run_dir, data_dir=data_dir,
                                   progress=progress),
-      run_dir, desc=EXPERIMENT, progress=progress)
+      run_dir, desc=EXPERIMENT, progress=progress, defaults=cell_defaults())
   x = np.asarray(get_graph(config["dataset"]).x)
   panels = []
   for r in results:

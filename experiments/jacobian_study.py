@@ -33,9 +33,9 @@ from jmeta import runs
 from jmeta.config_io import OneOf, Optional as Opt, Range
 from jmeta.jacobian import MODES, RANK_METHODS
 from jmeta.metamers import MetamerConfig
-from jmeta.study import (cell_feature_metamers, cell_model, fill_defaults, model_train_configs,
-                         pyplot, run_cached_cells, schema_defaults, schema_entries, script_main,
-                         synthetic_section)
+from jmeta.study import (cell_defaults, cell_feature_metamers, cell_model, fill_defaults,
+                         model_train_configs, pyplot, run_cached_cells, schema_defaults,
+                         schema_entries, script_main, synthetic_section)
 
 NAME = "jacobian_study"
 
@@ -82,9 +82,10 @@ def table1_cs(table1_dir: Optional[str], cell: dict) -> Optional[dict]:
   if rec is None or "skipped" in rec["result"]:
     return None
   c = rec.get("cell", {})
-  same = (c.get("model_config") == cell["model_config"]
-          and c.get("train_config") == cell["train_config"]
-          and c.get("split") == cell["split"] and c.get("synthetic", {}) == cell["synthetic"]
+  dflt = cell_defaults()
+  same = all(runs.without_defaults(c.get(k, {}), dflt[k]) ==
+             runs.without_defaults(cell[k], dflt[k]) for k in ("model_config", "train_config"))
+  same = (same and c.get("split") == cell["split"] and c.get("synthetic", {}) == cell["synthetic"]
           and (c.get("metamer_config") or {}).get("layer") == 1)
   if not same:
     return None

@@ -35,9 +35,10 @@ from jmeta import checkpoint, config_io, runs, train
 from jmeta.config_io import MapOf, OneOf
 from jmeta.metamers import MetamerConfig
 from jmeta.models import MODEL_NAMES, ModelConfig, create_model
-from jmeta.study import (METRICS, cell_feature_metamers, cell_model, graph_loader,
-                         model_train_configs, num_seeds, open_run, pyplot, resolve_config,
-                         schema_defaults, schema_entries, script_main, seed_metrics, write_summary)
+from jmeta.study import (METRICS, cell_defaults, cell_feature_metamers, cell_model,
+                         graph_loader, model_train_configs, num_seeds, open_run, pyplot,
+                         resolve_config, schema_defaults, schema_entries, script_main,
+                         seed_metrics, write_summary)
 from jmeta.train import TrainConfig
 
 EXPERIMENT = "table2_transfer"
@@ -215,10 +216,12 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
   get_graph = graph_loader(config, data_dir)
   orig = runs.run_grid(originals, lambda c: original_cell(c, config, get_graph,
                                                           data_dir=data_dir, progress=progress),
-                       run_dir, desc=f"{EXPERIMENT} original", progress=progress)
+                       run_dir, desc=f"{EXPERIMENT} original", progress=progress,
+                       defaults=cell_defaults())
   src = runs.run_grid(sources, lambda c: source_cell(c, config, get_graph, run_dir,
                                                      data_dir=data_dir, progress=progress),
-                      run_dir, desc=f"{EXPERIMENT} metamers", progress=progress)
+                      run_dir, desc=f"{EXPERIMENT} metamers", progress=progress,
+                      defaults=cell_defaults())
   rows = []
   for r in src:
     o = next(x["test_acc"] for x in orig if x["model"] == r["model"])

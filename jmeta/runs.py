@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from jmeta.io import atomic_write_bytes, atomic_write_text
 
 CELL_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]*$")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 DEFAULT_CACHE_ENV = "JMETA_CHECKPOINTS"
 
 
@@ -95,6 +95,35 @@ def to_jsonable(obj: Any) -> Any:
   if isinstance(obj, os.PathLike):
     return os.fspath(obj)
   raise TypeError(f"cannot store a {type(obj).__name__} as JSON: {obj!r}")
+
+
+def field_defaults(cls: type) -> dict:
+  """``{name: default}`` (JSON-ready) of the fields of dataclass ``cls`` that have a default."""
+  out = {}
+  for f in dataclasses.fields(cls):
+    if f.default is not dataclasses.MISSING:
+      out[f.name] = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+      out[f.name] = f.default_factory()
+  return to_jsonable(out)
+
+
+def without_defaults(d: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict:
+  """``d`` less the entries equal to their value in ``defaults``, recursing where both hold a
+  mapping: the canonical form of a config, unchanged when a field with a default is added.
+
+  Both arguments are JSON-ready (`to_jsonable`); keys absent from ``defaults`` are kept.
+  """
+  out = {}
+  for k, v in d.items():
+    if k in defaults:
+      dv = defaults[k]
+      if isinstance(v, Mapping) and isinstance(dv, Mapping):
+        v = without_defaults(v, dv)
+      elif v == dv and type(v) is type(dv):
+        continue
+    out[k] = v
+  return out
 
 
 def dumps(obj: Any) -> str:
@@ -238,15 +267,24 @@ def load_cell(path: str) -> Optional[dict]:
   return rec
 
 
+def _same_cell(stored: Any, cell: dict, defaults: Optional[Mapping[str, Any]]) -> bool:
+  if defaults is None or not isinstance(stored, Mapping):
+    return stored == cell
+  return without_defaults(stored, defaults) == without_defaults(cell, defaults)
+
+
 def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[str, Any]],
-             run_dir: RunDir, *, desc: str = "cells", progress: bool = True) -> list[dict]:
+             run_dir: RunDir, *, desc: str = "cells", progress: bool = True,
+             defaults: Optional[Mapping[str, Any]] = None) -> list[dict]:
   """Runs ``fn(cell)`` for every cell, resumably.
 
   A finished cell's result is written atomically to ``run_dir.cell_path(cell['id'])`` together
   with the cell itself; a rerun loads it instead of calling ``fn`` again. A stored cell whose
   recorded cell dict differs from the current one (the config changed) is recomputed. An
   exception (or ``KeyboardInterrupt``) in one cell propagates after the cells finished before it
-  have been saved, so rerunning the grid repeats nothing that completed.
+  have been saved, so rerunning the grid repeats nothing that completed. With ``defaults``, the
+  stored and current cells are compared `without_defaults`: a cell stored before a config field
+  with a default existed still counts as finished while that field keeps its default.
 
   Args:
     cells: dicts, each with a unique string ``'id'`` (letters, digits, ``_.,=+-``) and any
@@ -255,6 +293,8 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
     run_dir: where ``cells/<id>.json`` live.
     desc: progress-bar label.
     progress: show a tqdm bar over cells.
+    defaults: JSON-ready default values of cell entries (nested like the cells), e.g.
+      ``{"model_config": field_defaults(ModelConfig)}``.
 
   Returns:
     ``[{**cell, **result}]`` in cell order.
@@ -275,7 +315,7 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
       cell = to_jsonable(dict(c))
       path = run_dir.cell_path(c["id"])
       rec = load_cell(path)
-      if rec is not None and rec.get("cell") == cell:
+      if rec is not None and _same_cell(rec.get("cell"), cell, defaults):
         out.append({**dict(c), **rec["result"]})
         bar.update(1)
         continue
@@ -409,10 +449,12 @@ def _as_model_config(model_config):
 
 def model_cache_key(model_config, dataset: str, split: int, train_config, graph) -> str:
   """``<model>-<dataset>-s<split>-<16 hex>``: the hash covers the resolved model config, dataset
-  name, split, resolved train config and `graph_fingerprint`."""
-  payload = {"format": CACHE_FORMAT, "model": to_jsonable(model_config),
-             "dataset": str(dataset).lower(), "split": int(split),
-             "train": to_jsonable(train_config), "graph": graph_fingerprint(graph)}
+  name, split, resolved train config and `graph_fingerprint`. Config fields at their dataclass
+  default are left out of the hash, so adding a field with a default keeps every key."""
+  payload = {"format": CACHE_FORMAT, "dataset": str(dataset).lower(), "split": int(split),
+             "graph": graph_fingerprint(graph)}
+  for k, c in (("model", model_config), ("train", train_config)):
+    payload[k] = without_defaults(to_jsonable(c), field_defaults(type(c)))
   digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
   return f"{model_config.name}-{str(dataset).lower()}-s{int(split)}-{digest}"
 
@@ -556,7 +598,7 @@ __all__ = [
     "RunDir", "run_grid", "load_cell", "trained_model", "TrainedModel", "mean_std",
     "format_mean_std", "atomic_write_bytes", "atomic_write_text", "to_jsonable", "dumps",
     "versions", "default_model_config", "MODEL_DEFAULTS", "load_graph", "graph_fingerprint",
-    "model_cache_key", "training_history", "GraphCache", "repo_root", "configs_dir", "experiments_dir",
-    "default_cache_dir", "finite_or_none", "model_config_from", "train_config_from",
-    "metamer_metrics",
+    "model_cache_key", "training_history", "GraphCache", "repo_root", "configs_dir",
+    "experiments_dir", "default_cache_dir", "finite_or_none", "model_config_from",
+    "train_config_from", "metamer_metrics", "field_defaults", "without_defaults",
 ]

@@ -177,6 +177,18 @@ def num_seeds(config: Mapping[str, Any]) -> int:
 # -- cells: a trained model and its feature metamers -----------------------------------------------
 
 
+def cell_defaults() -> dict:
+  """The dataclass defaults of the config entries that cells carry (``model_config``,
+  ``train_config``, ``metamer`` / ``metamer_config``), for ``runs.run_grid(defaults=...)``: a
+  finished cell stays finished when jmeta gains a config field whose default keeps the old
+  behaviour."""
+  mcfg = runs.field_defaults(MetamerConfig)
+  return {"model_config": runs.field_defaults(ModelConfig),
+          "train_config": runs.field_defaults(TrainConfig), "metamer": mcfg,
+          "metamer_config": mcfg}
+
+
+
 def graph_loader(config: Mapping[str, Any], data_dir: Optional[str]) -> Callable[[str], Graph]:
   """``dataset -> Graph``, loading each dataset once (the memo lives in the returned closure)."""
   memo: dict = {}
@@ -259,7 +271,7 @@ def run_metamer_cells(cells: Sequence[Mapping[str, Any]], config: Mapping[str, A
   return runs.run_grid(
       cells, lambda c: metamer_cell(c, config, get_graph, data_dir=data_dir, progress=progress,
                                     run_dir=run_dir),
-      run_dir, desc=desc, progress=progress)
+      run_dir, desc=desc, progress=progress, defaults=cell_defaults())
 
 
 # -- grids over datasets x models x values (Figures 6-8) -------------------------------------------
@@ -538,7 +550,7 @@ def run_cached_cells(cells: Sequence[Mapping[str, Any]], config: Mapping[str, An
   run_dir = open_run(out_dir, config)
   graphs = runs.GraphCache(data_dir)
   return run_dir, runs.run_grid(cells, lambda c: cell_fn(c, run_dir, graphs), run_dir, desc=desc,
-                                progress=progress)
+                                progress=progress, defaults=cell_defaults())
 
 
 def script_main(experiment: str, run: Callable[..., dict],

@@ -1,6 +1,7 @@
 """Tests for jmeta.runs: atomic writes, the results directory, resumable grids, model cache."""
 
 import csv
+import dataclasses
 import json
 import os
 
@@ -167,6 +168,63 @@ def test_run_grid_bad_input(tmp_path):
     runs.run_grid([{"id": "a"}], lambda c: 3, rd, progress=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+  name: str
+  width: int = 16
+  act: str = "relu"
+  tags: tuple = dataclasses.field(default_factory=lambda: ("a",))
+
+
+@dataclasses.dataclass(frozen=True)
+class _CfgWithNewField(_Cfg):  # a later version of _Cfg: one more field with a default
+  norm: str = "none"
+
+
+def test_field_defaults_and_without_defaults():
+  assert runs.field_defaults(_Cfg) == {"width": 16, "act": "relu", "tags": ["a"]}
+  d = runs.to_jsonable(_Cfg("gcn", width=32))
+  assert runs.without_defaults(d, runs.field_defaults(_Cfg)) == {"name": "gcn", "width": 32}
+  # Nested: only entries equal to their default go; keys without a default stay; a bool is not
+  # the int default it equals.
+  nested = {"id": "c", "m": {"a": 1, "b": 2}, "x": True}
+  assert runs.without_defaults(nested, {"m": {"a": 1, "b": 3}, "x": 1}) == {
+      "id": "c", "m": {"b": 2}, "x": True}
+
+
+def test_run_grid_defaults_keep_cells_stored_before_a_field_existed(tmp_path):
+  rd = runs.RunDir(tmp_path / "g")
+  old = [{"id": f"c{w}", "cfg": runs.to_jsonable(_Cfg("gcn", width=w))} for w in (8, 16)]
+  runs.run_grid(old, lambda c: {"y": c["cfg"]["width"]}, rd, progress=False)
+  defaults = {"cfg": runs.field_defaults(_CfgWithNewField)}
+  new = [{"id": f"c{w}", "cfg": runs.to_jsonable(_CfgWithNewField("gcn", width=w, norm=n))}
+         for w, n in ((8, "none"), (16, "row"))]
+  seen = []
+  rows = runs.run_grid(new, lambda c: seen.append(c["id"]) or {"y": -1}, rd, progress=False,
+                       defaults=defaults)
+  # c8 keeps the new field at its default: still finished. c16 sets it: recomputed.
+  assert seen == ["c16"] and [r["y"] for r in rows] == [8, -1]
+  # Without defaults the stored c8 no longer matches.
+  seen.clear()
+  runs.run_grid(new[:1], lambda c: seen.append(c["id"]) or {"y": 0}, rd, progress=False)
+  assert seen == ["c8"]
+
+
+def test_study_cell_defaults_accept_a_model_config_without_a_later_field(tmp_path):
+  from jmeta.study import cell_defaults
+  rd = runs.RunDir(tmp_path / "g")
+  mc = ModelConfig("gcn").to_dict()
+  stored = {k: v for k, v in mc.items() if k != "input_norm"}  # as written before input_norm
+  runs.run_grid([{"id": "a", "model_config": stored}], lambda c: {"y": 1}, rd, progress=False)
+  rows = runs.run_grid([{"id": "a", "model_config": mc}], lambda c: pytest.fail("recomputed"),
+                       rd, progress=False, defaults=cell_defaults())
+  assert rows[0]["y"] == 1
+  row_norm = dict(mc, input_norm="row")
+  rows = runs.run_grid([{"id": "a", "model_config": row_norm}], lambda c: {"y": 2}, rd,
+                       progress=False, defaults=cell_defaults())
+  assert rows[0]["y"] == 2
+
+
 def test_mean_std_and_format():
   v = [0.1, 0.12, 0.14]
   m, s = runs.mean_std(v)
@@ -248,6 +306,12 @@ def test_cache_key_depends_on_everything_that_matters(graph):
             runs.model_cache_key(cfg, "synthetic", 0, tc, other_graph)]
   assert len({k, *others}) == 6
   assert k.startswith("gcn-synthetic-s0-")
+  # A config class that gained a field with a default keeps the keys of configs that leave it
+  # at its default, and not of those that set it.
+  base = runs.model_cache_key(_Cfg("gcn"), "synthetic", 0, tc, graph)
+  assert runs.model_cache_key(_CfgWithNewField("gcn"), "synthetic", 0, tc, graph) == base
+  assert runs.model_cache_key(_CfgWithNewField("gcn", norm="row"), "synthetic", 0, tc,
+                              graph) != base
 
 
 def test_damaged_checkpoint_is_retrained(tmp_path, graph):
