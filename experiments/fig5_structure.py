@@ -32,7 +32,8 @@ from jmeta.config_io import Range
 from jmeta.metamers import MetamerConfig
 from jmeta.study import (bar_values, cell_model, fill_defaults, model_train_configs, pm, pyplot,
                          run_cached_cells, schema_defaults, schema_entries, script_main,
-                         skipped_notes, summary_row, synthetic_section, write_results)
+                         skipped_notes, snapshot_path, summary_row, synthetic_section,
+                         write_results)
 
 NAME = "fig5_structure"
 
@@ -80,7 +81,8 @@ def structure_cell(cell: dict, run_dir: runs.RunDir, graphs, *, cache_dir: Optio
   tm = cell_model(cell, graph, split=cell["split"], cache_dir=cache_dir, progress=progress)
   mcfg = MetamerConfig.from_dict(cell["metamer_config"])
   res = structure_metamers(tm.model, tm.params, graph, jax.random.key(cell["seed"]), mcfg,
-                           progress=progress, wl_iterations=cell["wl_iterations"])
+                           progress=progress, wl_iterations=cell["wl_iterations"],
+                           snapshot=snapshot_path(run_dir, cell["id"]))
   res.info.update(model=cell["model"], cell=cell["id"])
   if save_metamers:
     res.save(run_dir.file(os.path.join("metamers", cell["id"])))

@@ -30,7 +30,7 @@ from jmeta.models import MODEL_NAMES
 from jmeta.study import (METRICS, cell_common, cell_defaults, cell_feature_metamers, cell_model,
                          cell_row, check_target_layers, graph_loader, model_config, num_seeds,
                          open_run, pyplot, resolve_config, schema_entries, script_main,
-                         seed_metrics, train_config, write_summary)
+                         seed_metrics, snapshot_path, train_config, write_summary)
 
 EXPERIMENT = "fig9_pubmed_gat"
 
@@ -88,7 +88,8 @@ def layer_cell(cell: Mapping[str, Any], config: Mapping[str, Any], get_graph, ru
   graph = get_graph(cell["dataset"])
   tm = cell_model(cell, graph, split=config["split"], cache_dir=config["cache_dir"],
                   progress=progress, data_dir=data_dir)
-  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress)
+  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress,
+                              snapshot=snapshot_path(run_dir, cell["id"]))
   r_idx, c_idx = crop_indices(np.asarray(graph.x), config["crop"]["rows"],
                               config["crop"]["cols"])
   crops = np.asarray(res.metamers, np.float32)[:, r_idx][:, :, c_idx]

@@ -35,7 +35,7 @@ from jmeta.jacobian import MODES, RANK_METHODS
 from jmeta.metamers import MetamerConfig
 from jmeta.study import (cell_defaults, cell_feature_metamers, cell_model, fill_defaults,
                          model_train_configs, pyplot, run_cached_cells, schema_defaults,
-                         schema_entries, script_main, synthetic_section)
+                         schema_entries, script_main, snapshot_path, synthetic_section)
 
 NAME = "jacobian_study"
 
@@ -145,14 +145,15 @@ def rank_cell(cell: dict, rd: runs.RunDir, graphs, *, cache_dir, progress: bool)
           "num_nodes_ranked": summary["num_nodes"], "test_acc": tm.metrics.get("test")}
 
 
-def cs_cell(cell: dict, graphs, *, cache_dir, progress: bool) -> dict:
+def cs_cell(cell: dict, rd: runs.RunDir, graphs, *, cache_dir, progress: bool) -> dict:
   """CS_feat of one model: the Table 1 result the cell carries, else fallback metamers."""
   if "table1" in cell:
     return dict(cell["table1"], cs_computed=False)
   graph = graphs.get(cell["dataset"], cell["split"], cell["synthetic"])
   tm = cell_model(cell, graph, split=cell["split"], cache_dir=cache_dir, progress=progress)
   mcfg = MetamerConfig.from_dict(cell["metamer_config"])
-  res = cell_feature_metamers(tm, graph, cell["metamer_config"], cell["seed"], progress=progress)
+  res = cell_feature_metamers(tm, graph, cell["metamer_config"], cell["seed"], progress=progress,
+                              snapshot=snapshot_path(rd, cell["id"]))
   m = runs.metamer_metrics(res)
   return {"cs_feat_mean": m["cs_feat_mean"], "cs_feat_std": m["cs_feat_std"],
           "s_feat_mean": m["s_feat_mean"], "s_match_mean": m["s_match_mean"],
@@ -219,7 +220,7 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
   def fn(cell, rd, graphs):
     if cell["kind"] == "rank":
       return rank_cell(cell, rd, graphs, cache_dir=config["cache_dir"], progress=progress)
-    return cs_cell(cell, graphs, cache_dir=config["cache_dir"], progress=progress)
+    return cs_cell(cell, rd, graphs, cache_dir=config["cache_dir"], progress=progress)
 
   rd, rows = run_cached_cells(make_cells(config), config, out_dir, fn, data_dir=data_dir,
                               progress=progress, desc=NAME)

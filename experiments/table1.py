@@ -34,8 +34,8 @@ from jmeta.metrics import consistency
 from jmeta.models import MODEL_NAMES
 from jmeta.study import (METRICS, bar_values, cell_feature_metamers, cell_model, fill_defaults,
                          model_train_configs, pm, pyplot, run_cached_cells, schema_defaults,
-                         schema_entries, script_main, skipped_notes, summary_row,
-                         synthetic_section, write_results)
+                         schema_entries, script_main, skipped_notes, snapshot_path,
+                         summary_row, synthetic_section, write_results)
 
 NAME = "table1"
 
@@ -114,7 +114,7 @@ def feature_cell(cell: dict, run_dir: runs.RunDir, graphs: runs.GraphCache, *,
                         "machine"), "num_nodes": graph.num_nodes}
   tm = cell_model(cell, graph, split=cell["split"], cache_dir=cache_dir, progress=progress)
   res = cell_feature_metamers(tm, graph, cell["metamer_config"], cell["seed"],
-                              progress=progress)
+                              progress=progress, snapshot=snapshot_path(run_dir, cell["id"]))
   res.info.update(model=cell["model"], cell=cell["id"])
   if save_metamers:
     res.save(run_dir.file(os.path.join("metamers", cell["id"])))

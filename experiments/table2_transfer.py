@@ -38,7 +38,7 @@ from jmeta.models import MODEL_NAMES, ModelConfig, create_model
 from jmeta.study import (METRICS, cell_defaults, cell_feature_metamers, cell_model,
                          graph_loader, model_train_configs, num_seeds, open_run, pyplot,
                          resolve_config, schema_defaults, schema_entries, script_main,
-                         seed_metrics, write_summary)
+                         seed_metrics, snapshot_path, write_summary)
 from jmeta.train import TrainConfig
 
 EXPERIMENT = "table2_transfer"
@@ -143,7 +143,8 @@ def source_cell(cell: Mapping[str, Any], config: Mapping[str, Any], get_graph, r
   graph = get_graph(cell["dataset"])
   tm = cell_model(cell, graph, split=config["split"], cache_dir=config["cache_dir"],
                   progress=progress, data_dir=data_dir)
-  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress)
+  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress,
+                              snapshot=snapshot_path(run_dir, cell["id"]))
   out = seed_metrics(res)
   acc, acc_meta = {}, {}
   for target, cfgs in cell["targets"].items():

@@ -295,11 +295,13 @@ def cmd_metamer(args) -> int:
                                 f"{model_cfg.name}-{config['dataset']}-{kind}"))
   rd.write_config(_resolved(config, model_cfg, train_cfg, metamer=mcfg.to_dict(), kind=kind))
   key = jax.random.key(config.get("seed", 0))
+  snapshot = rd.file("snapshot.npz")  # a rerun of the same command resumes an interrupted loop
   if kind == "feature":
-    res = feature_metamers(tm.model, tm.params, graph, key, mcfg, progress=not args.quiet)
+    res = feature_metamers(tm.model, tm.params, graph, key, mcfg, progress=not args.quiet,
+                           snapshot=snapshot)
   else:
     res = structure_metamers(tm.model, tm.params, graph, key, mcfg, progress=not args.quiet,
-                             wl_iterations=config.get("wl_iterations", 3))
+                             wl_iterations=config.get("wl_iterations", 3), snapshot=snapshot)
   res.info.update(model=model_cfg.name)
   res.save(rd.file("metamers"))
   summary = res.summary()

@@ -211,12 +211,21 @@ def cell_model(cell: Mapping[str, Any], graph: Graph, *, split: int,
                             split=split, cache_dir=cache_dir, graph=graph, progress=progress)
 
 
+def snapshot_path(run_dir: Optional[runs.RunDir], cell_id: str) -> Optional[str]:
+  """``snapshots/<cell_id>.npz`` in ``run_dir`` (``None`` without one): where a cell's metamer
+  loop keeps its state while it runs, so an interrupted cell resumes mid-run."""
+  return None if run_dir is None else run_dir.file(os.path.join("snapshots", f"{cell_id}.npz"))
+
+
 def cell_feature_metamers(tm: runs.TrainedModel, graph: Graph, metamer: Mapping[str, Any],
-                          seed: int, *, progress: bool) -> MetamerResult:
+                          seed: int, *, progress: bool,
+                          snapshot: Optional[str] = None) -> MetamerResult:
   """`jmeta.metamers.feature_metamers` of the trained model ``tm`` on ``graph``; ``metamer``
-  holds the `MetamerConfig` fields, ``seed`` seeds the PRNG key."""
+  holds the `MetamerConfig` fields, ``seed`` seeds the PRNG key, ``snapshot`` is the file of
+  the resumable loop state (see `snapshot_path`)."""
   return metamers.feature_metamers(tm.model, tm.params, graph, jax.random.key(seed),
-                                   MetamerConfig.from_dict(metamer), progress=progress)
+                                   MetamerConfig.from_dict(metamer), progress=progress,
+                                   snapshot=snapshot)
 
 
 def seed_metrics(res: MetamerResult, keys: Sequence[str] = METRICS) -> dict:
@@ -237,7 +246,8 @@ def metamer_cell(cell: Mapping[str, Any], config: Mapping[str, Any],
   graph = get_graph(cell["dataset"])
   tm = cell_model(cell, graph, split=config["split"], cache_dir=config["cache_dir"],
                   progress=progress, data_dir=data_dir)
-  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress)
+  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress,
+                              snapshot=snapshot_path(run_dir, cell["id"]))
   if config["save_metamers"] and run_dir is not None:
     run_dir.write_npz(os.path.join("metamers", cell["id"]), metamers=res.metamers,
                       losses=res.losses)

@@ -48,6 +48,7 @@ def _info(graph: Graph, config: MetamerConfig, loop, **extra) -> dict:
   info = {"dataset": graph.name, "num_nodes": graph.num_nodes,
           "num_features": graph.num_features, "feature_kind": graph.feature_kind,
           "compile_seconds": loop.compile_seconds, "run_seconds": loop.run_seconds,
+          "resumed_steps": loop.resumed_steps,
           "seed_steps_per_second": float(np.sum(np.asarray(loop.steps)))
                                    / max(loop.run_seconds, 1e-9)}
   info.update(extra)
@@ -56,7 +57,8 @@ def _info(graph: Graph, config: MetamerConfig, loop, **extra) -> dict:
 
 def feature_metamers(model, params: Params, graph: Graph, key: jax.Array,
                      config: MetamerConfig, *, feature_kind: str | None = None,
-                     progress: bool = True) -> MetamerResult:
+                     progress: bool = True, snapshot: str | None = None,
+                     snapshot_every: float = 300.0) -> MetamerResult:
   """Synthesises ``config.num_seeds`` feature metamers of ``graph`` for a frozen model.
 
   Implements Sec 3.3: eq. (5) at layer ``config.layer``, eq. (7-10) for binary features and
@@ -71,6 +73,9 @@ def feature_metamers(model, params: Params, graph: Graph, key: jax.Array,
     feature_kind: the kind of features the model was trained on; must equal
       ``graph.feature_kind`` when given.
     progress: show a progress bar.
+    snapshot: a file for the loop state every ``snapshot_every`` seconds; a rerun of the same
+      call resumes from it (`jmeta.metamers.optimize.optimize`). ``None``: no snapshots.
+    snapshot_every: seconds between snapshots.
 
   Returns:
     A `MetamerResult` with ``metamers [S, n, d]`` and per-seed metrics ``s_feat``,
@@ -90,7 +95,8 @@ def feature_metamers(model, params: Params, graph: Graph, key: jax.Array,
                           size=int(graph.x.size))
   data = feat.FeatureData(variables=params, graph=graph, h_ref=h_ref)
   keys = jax.random.split(key, config.num_seeds)
-  loop = optimize(spec, data, keys, progress=progress, desc=f"feature metamers L{config.layer}")
+  loop = optimize(spec, data, keys, progress=progress, desc=f"feature metamers L{config.layer}",
+                  snapshot=snapshot, snapshot_every=snapshot_every)
   x_meta, scores = _finalize_features(spec, data, out_ref.logits, loop.params, loop.aux)
   scores = {k_: np.asarray(v, np.float64) for k_, v in scores.items()}
   stored = (np.asarray(x_meta).astype(np.uint8) if graph.feature_kind == "binary"
@@ -142,7 +148,8 @@ def _finalize_structure(spec: struct.StructureSpec, data: struct.StructureData, 
 
 def structure_metamers(model, params: Params, graph: Graph, key: jax.Array,
                        config: MetamerConfig, *, progress: bool = True,
-                       wl_iterations: int = 3) -> MetamerResult:
+                       wl_iterations: int = 3, snapshot: str | None = None,
+                       snapshot_every: float = 300.0) -> MetamerResult:
   """Synthesises ``config.num_seeds`` structure metamers of ``graph`` (Sec 3.4, eq. 11-12).
 
   The features stay those of ``graph``; the adjacency is a symmetric binary matrix with no self
@@ -158,6 +165,8 @@ def structure_metamers(model, params: Params, graph: Graph, key: jax.Array,
     config: the run's `MetamerConfig`.
     progress: show a progress bar.
     wl_iterations: WL iterations of S_struct (eq. 16).
+    snapshot: resumable-run file, as in `feature_metamers`.
+    snapshot_every: seconds between snapshots.
 
   Returns:
     A `MetamerResult` with ``metamers`` = undirected edges ``[S, k, 2]`` and per-seed metrics
@@ -177,7 +186,8 @@ def structure_metamers(model, params: Params, graph: Graph, key: jax.Array,
   data = struct.StructureData(variables=params, graph=graph, h_ref=h_ref)
   keys = jax.random.split(key, config.num_seeds)
   loop = optimize(spec, data, keys, progress=progress,
-                  desc=f"structure metamers L{config.layer}")
+                  desc=f"structure metamers L{config.layer}", snapshot=snapshot,
+                  snapshot_every=snapshot_every)
   adjs, scores = _finalize_structure(spec, data, out_ref.logits, loop.params, loop.aux)
   adjs_np = np.asarray(adjs)
   edges = np.stack([np.argwhere(np.triu(m, 1) > 0).astype(np.int32) for m in adjs_np])

@@ -18,12 +18,15 @@ thin Python loop runs the chunks and reports progress between them. The chunk le
 so the program compiles once whatever T is; steps past T, and seeds that reached ``tol``, are
 masked (their state stops changing). The jitted programs are module-level functions with the
 spec as a static argument, so a second run with an equal spec and same shapes (another trained
-model of the same architecture, another seed batch) reuses the compiled program.
+model of the same architecture, another seed batch) reuses the compiled program. Between chunks
+the loop can snapshot its state to a file and a later call resume from it
+(`jmeta.metamers.snapshot`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jmeta.metamers import snapshot as snap
 from jmeta.metamers.config import MetamerConfig
 
 PyTree = Any
@@ -70,7 +74,8 @@ class LoopResult(NamedTuple):
   losses: jax.Array     # [S, steps_run] activation loss before each step (eq. 5)
   steps: jax.Array      # [S] steps taken per seed
   compile_seconds: float
-  run_seconds: float
+  run_seconds: float    # summed over the sessions of a resumed run
+  resumed_steps: int = 0  # steps restored from a snapshot (0: a fresh run)
 
 
 def _select(pred: jax.Array, new: PyTree, old: PyTree) -> PyTree:
@@ -194,10 +199,15 @@ def run_chunk(spec, groups: Tuple[LoopState, ...], data):
 
 
 def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
-             desc: str = "metamer") -> LoopResult:
+             desc: str = "metamer", snapshot: Optional[str] = None,
+             snapshot_every: float = 300.0) -> LoopResult:
   """Runs the metamer optimisation for every key in ``keys`` as one compiled program (eq. 6).
 
-  The seeds are vmapped, in groups of ``config.seed_batch`` (see `MetamerConfig`).
+  The seeds are vmapped, in groups of ``config.seed_batch`` (see `MetamerConfig`). With
+  ``snapshot``, the loop state is saved there between chunks every ``snapshot_every`` seconds
+  (`jmeta.metamers.snapshot`), a call that finds a snapshot of the same run continues from it,
+  and the file is removed once the loop finishes: an interrupted long run loses at most
+  ``snapshot_every`` seconds of work and resumes to the result of an uninterrupted run.
 
   Args:
     spec: a hashable parametrisation with ``config`` (a `MetamerConfig`: steps, learning rate,
@@ -207,6 +217,8 @@ def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
     keys: ``[S]`` PRNG keys, one per seed.
     progress: show a tqdm bar over steps.
     desc: the bar's label.
+    snapshot: path of the snapshot file (``.npz``); ``None`` keeps nothing.
+    snapshot_every: seconds of optimisation between two snapshots.
 
   Returns:
     A `LoopResult` with a leading seed axis on every array.
@@ -219,18 +231,30 @@ def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
   state = init_states(spec, keys, data)
   num = int(keys.shape[0])
   entries = sum(int(a.size) for a in jax.tree.leaves(state.params)) // num
-  state = split_groups(state, group_size(config.seed_batch, num, jax.default_backend(), entries))
+  size = group_size(config.seed_batch, num, jax.default_backend(), entries)
+  state = split_groups(state, size)
+  curves, chunks_done, run_before = [], 0, 0.0
+  if snapshot is not None:
+    fingerprint = snap.run_fingerprint(spec, data, keys, size)
+    found = snap.load_snapshot(snapshot, fingerprint, state)
+    if found is not None:
+      state = jax.tree.map(jnp.asarray, found.groups)
+      curves = [jnp.asarray(found.curves)] if found.curves.shape[1] else []
+      chunks_done, run_before = found.chunks_done, found.run_seconds
+  resumed = chunks_done * config.chunk
   t0 = time.perf_counter()
   compiled = run_chunk.lower(spec, state, data).compile()  # reuses the compilation cache
   compile_seconds = time.perf_counter() - t0
 
   n_chunks = -(-config.steps // config.chunk)
-  curves = []
-  t0 = time.perf_counter()
+  t0 = last_save = time.perf_counter()
   with tqdm(total=config.steps, desc=desc, disable=not progress, leave=False) as bar:
-    for _ in range(n_chunks):
+    bar.update(min(resumed, config.steps))
+    done = np.zeros(1, bool)  # a snapshot is never taken once every seed is done
+    while chunks_done < n_chunks and not bool(done.all()):
       state, losses = compiled(state, data)
       curves.append(losses)
+      chunks_done += 1
       # One host transfer per chunk for the progress bar and the early stop.
       done, steps, last = (np.concatenate(a) for a in zip(*jax.device_get(
           [(g.done, g.step, g.act_loss) for g in state])))
@@ -238,11 +262,19 @@ def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
       finite = last[np.isfinite(last)]
       if finite.size:
         bar.set_postfix(act_loss=float(finite.mean()))
-      if bool(done.all()):
-        break
+      now = time.perf_counter()
+      if (snapshot is not None and now - last_save >= snapshot_every
+          and chunks_done < n_chunks and not bool(done.all())):
+        curves = [jnp.concatenate(curves, axis=1)]
+        snap.save_snapshot(snapshot, fingerprint, state, np.asarray(curves[0]), chunks_done,
+                           run_before + now - t0)
+        last_save = time.perf_counter()
   state = merge_groups(jax.block_until_ready(state))
-  run_seconds = time.perf_counter() - t0
+  run_seconds = run_before + time.perf_counter() - t0
+  if snapshot is not None and os.path.isfile(snapshot):
+    os.remove(snapshot)
   losses = jnp.concatenate(curves, axis=1)[:, :config.steps]
   steps = jnp.minimum(state.step, config.steps)
   return LoopResult(params=state.params, aux=state.aux, losses=losses, steps=steps,
-                    compile_seconds=compile_seconds, run_seconds=run_seconds)
+                    compile_seconds=compile_seconds, run_seconds=run_seconds,
+                    resumed_steps=resumed)
