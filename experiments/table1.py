@@ -14,8 +14,12 @@ Outputs (``results/table1`` by default): ``config.json``/``config.yaml``, ``vers
 ``cells/<model>-<dataset>.json`` (resumable grid), ``metamers/<id>.npz|json`` (the metamers),
 ``results.json``, ``metrics.csv``, ``table.md`` (ours beside the paper's), ``table1_cs.png``.
 
+With ``stored_only: true`` nothing is computed: the tables show the cells already stored in the
+results directory and "not run" for the others (how far a long grid has come).
+
 Usage:
   jmeta experiment table1 [--quick] [--set metamer.steps=500] [--data-dir DIR]
+  jmeta experiment table1 --set stored_only=true       # the table so far, computing nothing
   python experiments/table1.py --quick --out /tmp/t1
 """
 
@@ -44,9 +48,10 @@ SCHEMA = {
                      "metamer"),
     "max_nodes": MapOf(OneOf(*MODEL_NAMES), Range(1, None, integer=True)),
     **schema_entries("synthetic", "cache_dir", "save_metamers"),
+    "stored_only": bool,
 }
 
-DEFAULTS = schema_defaults(SCHEMA, max_nodes={}, save_metamers=True)
+DEFAULTS = schema_defaults(SCHEMA, max_nodes={}, save_metamers=True, stored_only=False)
 
 # The paper's Table 1 (arXiv 2510.17378, Table 1), percent: (S_feat, S_feat std, S_match,
 # S_match std, CS_feat, CS_feat std), mean ± std over five runs.
@@ -144,8 +149,8 @@ def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
     cells = []
     for d in datasets:
       r = by[(m, d)]
-      if "skipped" in r:
-        cells.append("skipped")
+      if "skipped" in r or "missing" in r:
+        cells.append("skipped" if "skipped" in r else "not run")
       else:
         cells.append(f"{pm(r, 's_feat')} / {pm(r, 's_match')}<br>{pm(r, 'cs_feat', 2)}")
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -168,8 +173,9 @@ def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
     for d in datasets:
       r, p = by[(m, d)], _paper_cell(m, d)
       ps = ("-", "-", "-") if p is None else (f"{p[0]:.1f}", f"{p[2]:.1f}", f"{p[4]:.2f}")
-      if "skipped" in r:
-        lines.append(f"| {m} | {d} | skipped | {ps[0]} | | {ps[1]} | | {ps[2]} | |")
+      if "skipped" in r or "missing" in r:
+        what = "skipped" if "skipped" in r else "not run"
+        lines.append(f"| {m} | {d} | {what} | {ps[0]} | | {ps[1]} | | {ps[2]} | |")
         continue
       acc = r.get("test_acc")
       lines.append(f"| {m} | {d} | {pm(r, 's_feat')} | {ps[0]} | {pm(r, 's_match')} | "
@@ -209,7 +215,7 @@ def run(config: dict, out_dir: str, *, data_dir: Optional[str] = None,
       lambda c, rd, graphs: feature_cell(c, rd, graphs, cache_dir=config["cache_dir"],
                                          save_metamers=config["save_metamers"],
                                          progress=progress),
-      data_dir=data_dir, progress=progress, desc=NAME)
+      data_dir=data_dir, progress=progress, desc=NAME, compute=not config["stored_only"])
   mcfg = MetamerConfig(**config["metamer"])
   table = markdown_table(rows, config["models"], config["datasets"], num_seeds=mcfg.num_seeds,
                          steps=mcfg.steps)

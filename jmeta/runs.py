@@ -275,7 +275,7 @@ def _same_cell(stored: Any, cell: dict, defaults: Optional[Mapping[str, Any]]) -
 
 def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[str, Any]],
              run_dir: RunDir, *, desc: str = "cells", progress: bool = True,
-             defaults: Optional[Mapping[str, Any]] = None) -> list[dict]:
+             defaults: Optional[Mapping[str, Any]] = None, compute: bool = True) -> list[dict]:
   """Runs ``fn(cell)`` for every cell, resumably.
 
   A finished cell's result is written atomically to ``run_dir.cell_path(cell['id'])`` together
@@ -295,6 +295,8 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
     progress: show a tqdm bar over cells.
     defaults: JSON-ready default values of cell entries (nested like the cells), e.g.
       ``{"model_config": field_defaults(ModelConfig)}``.
+    compute: ``False`` runs nothing: a cell without a stored result gets the row
+      ``{**cell, 'missing': True}`` (to show how far a long grid has come).
 
   Returns:
     ``[{**cell, **result}]`` in cell order.
@@ -317,6 +319,10 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
       rec = load_cell(path)
       if rec is not None and _same_cell(rec.get("cell"), cell, defaults):
         out.append({**dict(c), **rec["result"]})
+        bar.update(1)
+        continue
+      if not compute:
+        out.append({**dict(c), "missing": True})
         bar.update(1)
         continue
       if rec is not None:

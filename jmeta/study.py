@@ -347,12 +347,14 @@ def cell_row(result: Mapping[str, Any], keys: Sequence[str]) -> dict:
 
 def summary_row(result: Mapping[str, Any], metrics: Sequence[str],
                 extra: Sequence[str] = ("test_acc",)) -> dict:
-  """A flat row of a (model, dataset) cell: ``skipped`` (the reason) or the ``_mean``/``_std``
-  of ``metrics`` and the ``extra`` values (None when absent), as stored (fractions)."""
+  """A flat row of a (model, dataset) cell: ``skipped`` (the reason), ``missing`` (not run) or
+  the ``_mean``/``_std`` of ``metrics`` and the ``extra`` values (None when absent), as stored
+  (fractions)."""
   row = {"model": result["model"], "dataset": result["dataset"]}
-  if "skipped" in result:
-    row["skipped"] = result["skipped"]
-    return row
+  for k in ("skipped", "missing"):
+    if k in result:
+      row[k] = result[k]
+      return row
   for k in metrics:
     row[f"{k}_mean"], row[f"{k}_std"] = result[f"{k}_mean"], result[f"{k}_std"]
   for k in extra:
@@ -375,9 +377,10 @@ def skipped_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def bar_values(rows: Sequence[Mapping[str, Any]],
                metric: str) -> tuple[list[float], list[float]]:
-  """``(means, stds)`` of ``metric`` in percent per row: NaN and 0 for skipped rows."""
-  means = [100 * r[f"{metric}_mean"] if "skipped" not in r else np.nan for r in rows]
-  stds = [100 * r[f"{metric}_std"] if "skipped" not in r else 0.0 for r in rows]
+  """``(means, stds)`` of ``metric`` in percent per row: NaN and 0 for skipped or missing rows."""
+  ran = [not ("skipped" in r or "missing" in r) for r in rows]
+  means = [100 * r[f"{metric}_mean"] if ok else np.nan for r, ok in zip(rows, ran)]
+  stds = [100 * r[f"{metric}_std"] if ok else 0.0 for r, ok in zip(rows, ran)]
   return means, stds
 
 
@@ -550,17 +553,18 @@ def run_feature_grid(experiment: str, config: Mapping[str, Any], out_dir: str, k
 
 def run_cached_cells(cells: Sequence[Mapping[str, Any]], config: Mapping[str, Any], out_dir: str,
                      cell_fn: Callable[[dict, runs.RunDir, runs.GraphCache], dict], *,
-                     data_dir: Optional[str], progress: bool,
-                     desc: str) -> tuple[runs.RunDir, list[dict]]:
+                     data_dir: Optional[str], progress: bool, desc: str,
+                     compute: bool = True) -> tuple[runs.RunDir, list[dict]]:
   """`runs.run_grid` of ``cell_fn(cell, run_dir, graphs)`` over ``cells`` in the run directory
-  ``out_dir`` (with ``config`` written), ``graphs`` a `runs.GraphCache` of ``data_dir``.
+  ``out_dir`` (with ``config`` written), ``graphs`` a `runs.GraphCache` of ``data_dir``;
+  ``compute=False`` only reads the stored cells (the others come back with ``missing``).
 
   Returns ``(run_dir, finished cells)``.
   """
   run_dir = open_run(out_dir, config)
   graphs = runs.GraphCache(data_dir)
   return run_dir, runs.run_grid(cells, lambda c: cell_fn(c, run_dir, graphs), run_dir, desc=desc,
-                                progress=progress, defaults=cell_defaults())
+                                progress=progress, defaults=cell_defaults(), compute=compute)
 
 
 def script_main(experiment: str, run: Callable[..., dict],

@@ -7,6 +7,7 @@ Table 1 trained, and the Jacobian study reads its CS_feat from the Table 1 resul
 import csv
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -93,6 +94,28 @@ def test_table1_rerun_recomputes_nothing(done, monkeypatch):
   assert cli.main(["experiment", "table1", "--quick", "--out", str(d), "--quiet",
                    "--set", f"cache_dir={done['cache']}"]) == 0
   assert (d / "table.md").read_text() == before
+
+
+def test_table1_stored_only_tabulates_without_computing(done, monkeypatch, tmp_path):
+  """``stored_only``: the stored cells in the table, a model never run reads "not run"."""
+  import jmeta.metamers
+
+  def fail(*a, **k):
+    raise AssertionError("stored_only computed something")
+
+  monkeypatch.setattr(train, "fit", fail)
+  monkeypatch.setattr(jmeta.metamers, "feature_metamers", fail)
+  d = tmp_path / "table1"
+  shutil.copytree(done["root"] / "table1", d)  # the other tests' directory stays as it was
+  mod, cfg = _config("table1", cache_dir=done["cache"], models=["gcn", "sage", "gin"],
+                     stored_only=True)
+  out = mod.run(cfg, str(d), progress=False)
+  rows = {r["model"]: r for r in out["rows"]}
+  assert rows["gin"]["missing"] and "missing" not in rows["sage"]
+  assert rows["sage"]["cs_feat"] == {r["model"]: r for r in done["t1"]["rows"]}["sage"]["cs_feat"]
+  assert "| gin | synthetic | not run |" in out["table"]
+  assert runs.format_mean_std(rows["gcn"]["cs_feat"], digits=2) in out["table"]
+  assert not (d / "cells" / "gin-synthetic.json").exists()
 
 
 def test_table1_paper_numbers_and_skip(tmp_path):
