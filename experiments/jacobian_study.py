@@ -82,10 +82,10 @@ def table1_cs(table1_dir: Optional[str], cell: dict) -> Optional[dict]:
   if rec is None or "skipped" in rec["result"]:
     return None
   c = rec.get("cell", {})
-  dflt = cell_defaults()
-  same = all(runs.without_defaults(c.get(k, {}), dflt[k]) ==
-             runs.without_defaults(cell[k], dflt[k]) for k in ("model_config", "train_config"))
-  same = (same and c.get("split") == cell["split"] and c.get("synthetic", {}) == cell["synthetic"]
+  keys = ("model_config", "train_config")
+  same = (runs.same_cell({k: c.get(k) for k in keys}, {k: cell[k] for k in keys},
+                         cell_defaults())
+          and c.get("split") == cell["split"] and c.get("synthetic", {}) == cell["synthetic"]
           and (c.get("metamer_config") or {}).get("layer") == 1)
   if not same:
     return None

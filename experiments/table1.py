@@ -39,7 +39,7 @@ from jmeta.models import MODEL_NAMES
 from jmeta.study import (METRICS, bar_values, cell_feature_metamers, cell_model, fill_defaults,
                          model_train_configs, pm, pyplot, run_cached_cells, schema_defaults,
                          schema_entries, script_main, skipped_notes, snapshot_path,
-                         summary_row, synthetic_section, write_results)
+                         summary_row, synthetic_section, unrun_label, write_results)
 
 NAME = "table1"
 
@@ -149,8 +149,8 @@ def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
     cells = []
     for d in datasets:
       r = by[(m, d)]
-      if "skipped" in r or "missing" in r:
-        cells.append("skipped" if "skipped" in r else "not run")
+      if unrun_label(r):
+        cells.append(unrun_label(r))
       else:
         cells.append(f"{pm(r, 's_feat')} / {pm(r, 's_match')}<br>{pm(r, 'cs_feat', 2)}")
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -173,9 +173,8 @@ def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
     for d in datasets:
       r, p = by[(m, d)], _paper_cell(m, d)
       ps = ("-", "-", "-") if p is None else (f"{p[0]:.1f}", f"{p[2]:.1f}", f"{p[4]:.2f}")
-      if "skipped" in r or "missing" in r:
-        what = "skipped" if "skipped" in r else "not run"
-        lines.append(f"| {m} | {d} | {what} | {ps[0]} | | {ps[1]} | | {ps[2]} | |")
+      if unrun_label(r):
+        lines.append(f"| {m} | {d} | {unrun_label(r)} | {ps[0]} | | {ps[1]} | | {ps[2]} | |")
         continue
       acc = r.get("test_acc")
       lines.append(f"| {m} | {d} | {pm(r, 's_feat')} | {ps[0]} | {pm(r, 's_match')} | "

@@ -267,7 +267,10 @@ def load_cell(path: str) -> Optional[dict]:
   return rec
 
 
-def _same_cell(stored: Any, cell: dict, defaults: Optional[Mapping[str, Any]]) -> bool:
+def same_cell(stored: Any, cell: Mapping[str, Any],
+              defaults: Optional[Mapping[str, Any]] = None) -> bool:
+  """Whether a stored (JSON-loaded) cell dict is the JSON-ready ``cell``; with ``defaults``,
+  entries at their default value do not count (`without_defaults`)."""
   if defaults is None or not isinstance(stored, Mapping):
     return stored == cell
   return without_defaults(stored, defaults) == without_defaults(cell, defaults)
@@ -317,7 +320,7 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
       cell = to_jsonable(dict(c))
       path = run_dir.cell_path(c["id"])
       rec = load_cell(path)
-      if rec is not None and _same_cell(rec.get("cell"), cell, defaults):
+      if rec is not None and same_cell(rec.get("cell"), cell, defaults):
         out.append({**dict(c), **rec["result"]})
         bar.update(1)
         continue
@@ -606,5 +609,5 @@ __all__ = [
     "versions", "default_model_config", "MODEL_DEFAULTS", "load_graph", "graph_fingerprint",
     "model_cache_key", "training_history", "GraphCache", "repo_root", "configs_dir",
     "experiments_dir", "default_cache_dir", "finite_or_none", "model_config_from",
-    "train_config_from", "metamer_metrics", "field_defaults", "without_defaults",
+    "train_config_from", "metamer_metrics", "field_defaults", "without_defaults", "same_cell",
 ]

@@ -188,7 +188,6 @@ def cell_defaults() -> dict:
           "metamer_config": mcfg}
 
 
-
 def graph_loader(config: Mapping[str, Any], data_dir: Optional[str]) -> Callable[[str], Graph]:
   """``dataset -> Graph``, loading each dataset once (the memo lives in the returned closure)."""
   memo: dict = {}
@@ -375,10 +374,16 @@ def skipped_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
   return ["", "Skipped cells:"] + [f"- {r['id']}: {r['skipped']}" for r in skipped]
 
 
+def unrun_label(row: Mapping[str, Any]) -> Optional[str]:
+  """``'skipped'`` or ``'not run'`` (a ``missing`` row of ``stored_only``) for a cell without
+  metrics, ``None`` for a cell that ran."""
+  return "skipped" if "skipped" in row else "not run" if "missing" in row else None
+
+
 def bar_values(rows: Sequence[Mapping[str, Any]],
                metric: str) -> tuple[list[float], list[float]]:
   """``(means, stds)`` of ``metric`` in percent per row: NaN and 0 for skipped or missing rows."""
-  ran = [not ("skipped" in r or "missing" in r) for r in rows]
+  ran = [unrun_label(r) is None for r in rows]
   means = [100 * r[f"{metric}_mean"] if ok else np.nan for r, ok in zip(rows, ran)]
   stds = [100 * r[f"{metric}_std"] if ok else 0.0 for r, ok in zip(rows, ran)]
   return means, stds

@@ -239,7 +239,7 @@ def optimize(spec, data, keys: jax.Array, *, progress: bool = True,
     found = snap.load_snapshot(snapshot, fingerprint, state)
     if found is not None:
       state = jax.tree.map(jnp.asarray, found.groups)
-      curves = [jnp.asarray(found.curves)] if found.curves.shape[1] else []
+      curves = [jnp.asarray(found.curves)]  # a snapshot follows at least one chunk
       chunks_done, run_before = found.chunks_done, found.run_seconds
   resumed = chunks_done * config.chunk
   t0 = time.perf_counter()
