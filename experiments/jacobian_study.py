@@ -33,9 +33,10 @@ from jmeta import runs
 from jmeta.config_io import OneOf, Optional as Opt, Range
 from jmeta.jacobian import MODES, RANK_METHODS
 from jmeta.metamers import MetamerConfig
-from jmeta.study import (cell_defaults, cell_feature_metamers, cell_model, fill_defaults,
+from jmeta.study import (cell_feature_metamers, cell_model, fill_defaults,
                          model_train_configs, pyplot, run_cached_cells, schema_defaults,
-                         schema_entries, script_main, snapshot_path, synthetic_section)
+                         schema_entries, script_main, snapshot_path, synthetic_section,
+                         table1_cell)
 
 NAME = "jacobian_study"
 
@@ -76,25 +77,16 @@ def _base_cell(config: dict, m: str) -> dict:
 def table1_cs(table1_dir: Optional[str], cell: dict) -> Optional[dict]:
   """CS_feat of ``cell``'s model from a Table 1 results directory, if it holds a finished cell
   with the same dataset, split, model config, train config and metamer layer 1."""
-  if not table1_dir:
+  rec = table1_cell(table1_dir, cell["model"], cell["dataset"],
+                    {k: cell[k] for k in ("split", "synthetic", "model_config", "train_config")})
+  if rec is None or (rec["cell"].get("metamer_config") or {}).get("layer") != 1:
     return None
-  rec = runs.load_cell(os.path.join(table1_dir, "cells", f"{cell['model']}-{cell['dataset']}.json"))
-  if rec is None or "skipped" in rec["result"]:
-    return None
-  c = rec.get("cell", {})
-  keys = ("model_config", "train_config")
-  same = (runs.same_cell({k: c.get(k) for k in keys}, {k: cell[k] for k in keys},
-                         cell_defaults())
-          and c.get("split") == cell["split"] and c.get("synthetic", {}) == cell["synthetic"]
-          and (c.get("metamer_config") or {}).get("layer") == 1)
-  if not same:
-    return None
-  r = rec["result"]
+  c, r = rec["cell"], rec["result"]
   return {"cs_feat_mean": r["cs_feat_mean"], "cs_feat_std": r["cs_feat_std"],
           "s_feat_mean": r["s_feat_mean"], "s_match_mean": r["s_match_mean"],
           "cs_source": os.path.join(table1_dir, "cells", f"{cell['id']}.json"),
-          "cs_steps": (c.get("metamer_config") or {}).get("steps"),
-          "cs_seeds": (c.get("metamer_config") or {}).get("num_seeds")}
+          "cs_steps": c["metamer_config"].get("steps"),
+          "cs_seeds": c["metamer_config"].get("num_seeds")}
 
 
 def make_cells(config: dict) -> list[dict]:

@@ -2,7 +2,11 @@
 
 1. Train every model on PubMed ("Original" column: test accuracy of ``num_seeds`` training seeds).
 2. With each trained model (the seed-``train.seed`` one) synthesise ``metamer.num_seeds``
-   layer-1 feature metamers of PubMed.
+   layer-1 feature metamers of PubMed. These are Table 1's PubMed metamers under the same
+   configs: with ``table1_dir`` (a Table 1 results directory, ``save_metamers: true``) a source
+   whose Table 1 cell is stored there with the same split, seed, model, training and metamer
+   configs reads its metamers from there instead of training and synthesising them again (the
+   source cell records ``metamers_source``, the table names the reused ones).
 3. Retrain every model from scratch on every model's metamers: the same graph, labels and
    splits with the features replaced (``graph.with_features(metamer)``); metamer seed ``s`` is
    used with training seed ``train.seed + s``. Training and early stopping see only the metamer
@@ -26,19 +30,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import warnings
+import zipfile
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
 from jmeta import checkpoint, config_io, runs, train
-from jmeta.config_io import MapOf, OneOf
-from jmeta.metamers import MetamerConfig
+from jmeta.config_io import MapOf, OneOf, Optional as Opt
+from jmeta.metamers import MetamerConfig, MetamerResult
 from jmeta.models import MODEL_NAMES, ModelConfig, create_model
 from jmeta.study import (METRICS, cell_defaults, cell_feature_metamers, cell_model,
                          graph_loader, model_train_configs, num_seeds, open_run, pyplot,
                          resolve_config, schema_defaults, schema_entries, script_main,
-                         seed_metrics, snapshot_path, write_summary)
+                         seed_metrics, snapshot_path, synthetic_section, table1_cell,
+                         write_summary)
 from jmeta.train import TrainConfig
 
 EXPERIMENT = "table2_transfer"
@@ -48,9 +55,10 @@ SCHEMA = {
     "excluded": MapOf(OneOf(*MODEL_NAMES), str),
     **schema_entries("split", "seed", "model", "model_overrides", "train", "metamer",
                      "synthetic", "cache_dir"),
+    "table1_dir": Opt(str),
 }
 
-DEFAULTS = schema_defaults(SCHEMA, excluded={})
+DEFAULTS = schema_defaults(SCHEMA, excluded={}, table1_dir=None)
 
 # The paper's Table 2 (arXiv 2510.17378), accuracy in percent (mean, std). Rows: metamer source
 # ("Methods"); columns: Original, then the retrained model.
@@ -134,18 +142,57 @@ def retrain(model_config: ModelConfig, graph, x_meta: np.ndarray, train_config: 
           float(res.metrics["test"]))
 
 
+def table1_metamers(cell: Mapping[str, Any], config: Mapping[str, Any],
+                    graph) -> Optional[tuple[MetamerResult, str]]:
+  """The metamers of ``cell``'s source model stored by Table 1 in ``config['table1_dir']``, if
+  that directory holds a finished cell of the same model on the same dataset with the same
+  split, seed, model, training and metamer configs, and its ``metamers/<model>-<dataset>``
+  files hold ``[S, n, d]`` feature metamers of ``graph``; else ``None``.
+
+  Returns:
+    ``(result, path)``: the stored `MetamerResult` and where it was read (without extension).
+  """
+  expect = {"split": cell["split"], "seed": cell["seed"],
+            "synthetic": synthetic_section(config, cell["dataset"]),
+            "model_config": cell["model_config"], "train_config": cell["train_config"],
+            "metamer_config": cell["metamer"]}
+  if table1_cell(config["table1_dir"], cell["model"], cell["dataset"], expect) is None:
+    return None
+  path = os.path.join(config["table1_dir"], "metamers", f"{cell['model']}-{cell['dataset']}")
+  try:
+    res = MetamerResult.load(path)
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    warnings.warn(f"{EXPERIMENT}: Table 1 metamers {path} unreadable ({e}); computing them")
+    return None
+  shape = (MetamerConfig.from_dict(cell["metamer"]).num_seeds, graph.num_nodes,
+           graph.num_features)
+  if res.kind != "feature" or res.metamers.shape != shape:
+    warnings.warn(f"{EXPERIMENT}: Table 1 metamers {path} are {res.kind} {res.metamers.shape}, "
+                  f"not feature {shape}; computing them")
+    return None
+  return res, path
+
+
 def source_cell(cell: Mapping[str, Any], config: Mapping[str, Any], get_graph, run_dir, *,
                 data_dir: Optional[str], progress: bool) -> dict:
-  """Metamers of ``cell['model']``, then every target retrained on each of them.
+  """Metamers of ``cell['model']`` (read from Table 1's results with ``table1_dir`` when they
+  are stored there, `table1_metamers`; else trained and synthesised here), then every target
+  retrained on each of them.
 
   Writes ``retrained/<source>-<target>.npz`` (the retrained parameters, ``seed<s>/<path>``).
   """
   graph = get_graph(cell["dataset"])
-  tm = cell_model(cell, graph, split=config["split"], cache_dir=config["cache_dir"],
-                  progress=progress, data_dir=data_dir)
-  res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress,
-                              snapshot=snapshot_path(run_dir, cell["id"]))
+  found = table1_metamers(cell, config, graph)
+  if found is not None:
+    res, source = found
+  else:
+    tm = cell_model(cell, graph, split=config["split"], cache_dir=config["cache_dir"],
+                    progress=progress, data_dir=data_dir)
+    res = cell_feature_metamers(tm, graph, cell["metamer"], config["seed"], progress=progress,
+                                snapshot=snapshot_path(run_dir, cell["id"]))
+    source = "computed"
   out = seed_metrics(res)
+  out["metamers_source"] = source
   acc, acc_meta = {}, {}
   for target, cfgs in cell["targets"].items():
     mc = ModelConfig.from_dict(cfgs["model_config"])
@@ -185,6 +232,11 @@ def markdown_table(config: Mapping[str, Any], originals: Sequence[dict],
                                           for c in ("original", *pcols)) + " |")
   for m, why in config["excluded"].items():
     lines.append(f"\n{m} excluded from jmeta's matrix: {why}")
+  reused = [f"{r['model']} ({r['metamers_source']})" for r in sources
+            if r.get("metamers_source", "computed") != "computed"]
+  if reused:
+    lines.append("\nMetamers read from Table 1's results: " + ", ".join(reused) + "; the "
+                 "others were synthesised here.")
   return "\n".join(lines)
 
 

@@ -188,6 +188,21 @@ def cell_defaults() -> dict:
           "metamer_config": mcfg}
 
 
+def table1_cell(table1_dir: Optional[str], model: str, dataset: str,
+                expect: Mapping[str, Any]) -> Optional[dict]:
+  """The finished Table 1 cell record ``<table1_dir>/cells/<model>-<dataset>.json`` if its
+  cell agrees with ``expect`` on every key of ``expect`` (compared with `runs.same_cell` and
+  `cell_defaults`, so fields at their default do not count), else ``None`` (also without a
+  directory, for a missing or unreadable record, and for a skipped cell)."""
+  if not table1_dir:
+    return None
+  rec = runs.load_cell(os.path.join(table1_dir, "cells", f"{model}-{dataset}.json"))
+  if rec is None or "skipped" in rec["result"] or not isinstance(rec.get("cell"), Mapping):
+    return None
+  stored = {k: rec["cell"].get(k) for k in expect}
+  return rec if runs.same_cell(stored, runs.to_jsonable(dict(expect)), cell_defaults()) else None
+
+
 def graph_loader(config: Mapping[str, Any], data_dir: Optional[str]) -> Callable[[str], Graph]:
   """``dataset -> Graph``, loading each dataset once (the memo lives in the returned closure)."""
   memo: dict = {}

@@ -297,3 +297,49 @@ def test_study_grid_cells_results_and_table():
   assert lines[7] == "| gat | 2 | 10.00 ± 0.00 | skipped¹ |"
   assert lines[-1] == "¹ gat on citeseer: too big"  # one footnote for both skipped cells
   assert table.count("¹ gat on citeseer") == 1
+
+
+def test_table2_reuses_table1_metamers(tmp_path, cache_dir, monkeypatch):
+  """Sources with a matching Table 1 cell retrain on exactly Table 1's stored metamers (no new
+  metamer run); a source whose Table 1 cell has other metamer settings is computed."""
+  mod, t1 = load_experiment("table2_transfer"), load_experiment("table1")
+  t1_dir = tmp_path / "t1"
+  config = quick_config(mod, "table2_transfer", cache_dir, f"table1_dir={t1_dir}")
+  shared = {k: config[k] for k in ("split", "seed", "model", "train", "metamer", "synthetic",
+                                   "cache_dir")}
+  t1.run({**shared, "models": ["gcn"], "datasets": [config["dataset"]]}, str(t1_dir),
+         progress=False)
+  other = {**shared["metamer"], "steps": shared["metamer"]["steps"] + 2}
+  t1.run({**shared, "metamer": other, "models": ["sage"], "datasets": [config["dataset"]]},
+         str(t1_dir), progress=False)
+  stored = np.load(t1_dir / "metamers" / f"gcn-{config['dataset']}.npz")["metamers"]
+
+  synthesised, seen = [], []
+  real_metamers, real_retrain = mod.cell_feature_metamers, mod.retrain
+  monkeypatch.setattr(mod, "cell_feature_metamers",
+                      lambda tm, *a, **k: synthesised.append(tm) or real_metamers(tm, *a, **k))
+  monkeypatch.setattr(mod, "retrain",
+                      lambda mc, g, x, *a, **k: seen.append(np.array(x)) or
+                      real_retrain(mc, g, x, *a, **k))
+  summary = mod.run(config, str(tmp_path / "t2"), progress=False)
+
+  assert len(synthesised) == 1  # sage's metamers only
+  k = len(config["models"]) * len(stored)  # retrainings per source: targets x seeds
+  for i, x in enumerate(seen[:k]):  # gcn is the first source; seeds inner, targets outer
+    np.testing.assert_array_equal(x, stored[i % len(stored)])
+  assert not any(np.array_equal(x, stored[0]) for x in seen[k:])
+  cells = {m: json.loads((tmp_path / "t2" / "cells" / f"source-{m}.json").read_text())["result"]
+           for m in config["models"]}
+  t1_gcn = json.loads((t1_dir / "cells" / f"gcn-{config['dataset']}.json").read_text())["result"]
+  assert cells["gcn"]["metamers_source"] == str(t1_dir / "metamers" / f"gcn-{config['dataset']}")
+  assert cells["gcn"]["s_feat"] == t1_gcn["s_feat"]
+  assert cells["sage"]["metamers_source"] == "computed"
+  assert "Metamers read from Table 1's results: gcn (" in (tmp_path / "t2" / "table.md").read_text()
+  assert set(summary["matrix"]) == set(config["models"])
+
+  # A damaged metamer file is not used: a warning, then the metamers are computed.
+  (t1_dir / "metamers" / f"gcn-{config['dataset']}.npz").write_bytes(b"not a zip")
+  resolved = mod.resolve(config)
+  graph = runs.load_graph(config["dataset"], None, 0, config["synthetic"])
+  with pytest.warns(UserWarning, match="unreadable"):
+    assert mod.table1_metamers(mod.make_cells(resolved)[1][0], resolved, graph) is None
