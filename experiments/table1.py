@@ -149,8 +149,8 @@ def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
     cells = []
     for d in datasets:
       r = by[(m, d)]
-      if unrun_label(r):
-        cells.append(unrun_label(r))
+      if label := unrun_label(r):
+        cells.append(label)
       else:
         cells.append(f"{pm(r, 's_feat')} / {pm(r, 's_match')}<br>{pm(r, 'cs_feat', 2)}")
     lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -173,8 +173,8 @@ def markdown_table(rows: list[dict], models: list[str], datasets: list[str], *,
     for d in datasets:
       r, p = by[(m, d)], _paper_cell(m, d)
       ps = ("-", "-", "-") if p is None else (f"{p[0]:.1f}", f"{p[2]:.1f}", f"{p[4]:.2f}")
-      if unrun_label(r):
-        lines.append(f"| {m} | {d} | {unrun_label(r)} | {ps[0]} | | {ps[1]} | | {ps[2]} | |")
+      if label := unrun_label(r):
+        lines.append(f"| {m} | {d} | {label} | {ps[0]} | | {ps[1]} | | {ps[2]} | |")
         continue
       acc = r.get("test_acc")
       lines.append(f"| {m} | {d} | {pm(r, 's_feat')} | {ps[0]} | {pm(r, 's_match')} | "
