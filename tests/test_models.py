@@ -4,6 +4,7 @@ activations, residuals, edge-weight gradients, dropout, config validation and ji
 import dataclasses
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import networkx as nx
@@ -110,9 +111,17 @@ def test_gcn_conv_closed_form(graph, dense):
   np.testing.assert_allclose(got, want, **TOL)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_cheb_conv_closed_form(graph, k):
-  conv = ChebConv(5, k)
+# Output widths on both sides of D = 4 (by default a narrower layer projects before it
+# propagates, `project_first`, a wider one propagates first) and both orders forced: every
+# combination must give the closed form.
+ORDERS = [None, True, False]
+
+
+@pytest.mark.parametrize("project", ORDERS)
+@pytest.mark.parametrize("width", [2, 5])
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_cheb_conv_closed_form(graph, k, width, project):
+  conv = ChebConv(width, k, project=project)
   v = _init_conv(conv, graph)
   p = _np(v["params"])
   a = _dense_np(graph)
@@ -120,7 +129,8 @@ def test_cheb_conv_closed_form(graph, k):
   lhat = -dinv[:, None] * a * dinv[None, :]
   x = np.asarray(graph.x, np.float64)
   ts = [x, lhat.T @ x]
-  ts.append(2 * lhat.T @ ts[1] - ts[0])
+  for _ in range(2, k):
+    ts.append(2 * lhat.T @ ts[-1] - ts[-2])
   want = sum(ts[i] @ p[f"lin_{i}"]["kernel"] for i in range(k)) + p["bias"]
   got = _apply(conv, v, graph.x, _edges(graph))
   np.testing.assert_allclose(got, want, **TOL)
@@ -166,8 +176,10 @@ def test_lazy_dense_adjacency_equals_its_explicit_matrix():
     np.testing.assert_allclose(pr.out_degree(st), m.sum(1), rtol=1e-5, err_msg=name)
 
 
-def test_sage_conv_closed_form(graph):
-  conv = SAGEConv(5)
+@pytest.mark.parametrize("project", ORDERS)
+@pytest.mark.parametrize("width", [2, 5])
+def test_sage_conv_closed_form(graph, width, project):
+  conv = SAGEConv(width, project=project)
   v = _init_conv(conv, graph)
   p = _np(v["params"])
   a = _dense_np(graph)
@@ -180,9 +192,11 @@ def test_sage_conv_closed_form(graph):
   np.testing.assert_allclose(_apply(conv, v, graph.x, _edges(graph)), want, **TOL)
 
 
+@pytest.mark.parametrize("project", ORDERS)
+@pytest.mark.parametrize("hidden", [3, 7])
 @pytest.mark.parametrize("eps", [0.0, 0.3])
-def test_gin_conv_closed_form(graph, eps):
-  conv = GINConv(5, hidden=7, eps=eps)
+def test_gin_conv_closed_form(graph, eps, hidden, project):
+  conv = GINConv(5, hidden=hidden, eps=eps, project=project)
   v = _init_conv(conv, graph)
   p = _np(v["params"])
   a = _dense_np(graph)
@@ -589,6 +603,35 @@ def test_init(graph, name):
   assert biases and all(float(jnp.abs(b).max()) == 0.0 for b in biases)
   kernels = [l for l in jax.tree.leaves(v) if l.ndim == 2]
   assert all(float(jnp.abs(k).max()) > 0.0 for k in kernels)
+
+
+def test_dense_params_initialise_like_nn_dense():
+  """`DenseParams` has nn.Dense's names, shapes and values for one key: checkpoints of SAGE/GIN
+  written before their layers took the kernel out stay valid."""
+  from jmeta.models.stack import DenseParams, torch_linear
+  x = jnp.ones((3, 6))
+  for bias in (True, False):
+    want = nn.Dense(4, use_bias=bias, kernel_init=torch_linear).init(jax.random.key(7), x)
+    got = DenseParams(4, use_bias=bias, kernel_init=torch_linear).init(jax.random.key(7), 6)
+    chex.assert_trees_all_equal(got, want)
+
+
+def test_chebyshev_series_matches_the_recursion():
+  """Clenshaw's sum with a different coefficient matrix per term against explicit T_k."""
+  from jmeta.models import propagate as pr
+  rng = np.random.default_rng(5)
+  m = rng.normal(size=(N, N))
+  coeffs = [rng.normal(size=(N, 3)) for _ in range(5)]
+  ts = [np.eye(N), m.T]
+  for _ in range(2, 5):
+    ts.append(2 * m.T @ ts[-1] - ts[-2])
+  st = DenseAdj(jnp.asarray(m))
+  for k in range(1, 6):
+    want = sum(ts[i] @ coeffs[i] for i in range(k))
+    np.testing.assert_allclose(pr.chebyshev_series(st, [jnp.asarray(c) for c in coeffs[:k]]),
+                               want, rtol=1e-4, atol=1e-4, err_msg=f"K={k}")
+  with pytest.raises(ValueError, match="at least one"):
+    pr.chebyshev_series(st, [])
 
 
 # -- validation -----------------------------------------------------------------------------------

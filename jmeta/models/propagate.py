@@ -13,7 +13,7 @@ Notation: ``w_ij`` is the weight of ``i -> j``; messages flow from sender ``i`` 
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import flax.struct
 import jax
@@ -221,6 +221,36 @@ def mean_aggregate(s: Structure, x: Array) -> Array:
   """Weighted mean over in-neighbours, ``sum_i w_ij x_i / sum_i w_ij`` (0 without neighbour)."""
   inv = safe_reciprocal(in_degree(s))
   return propagate(s, x) * inv.reshape(inv.shape + (1,) * (x.ndim - 1))
+
+
+def chebyshev_series(s: Structure, coeffs: Sequence[Array]) -> Array:
+  """``sum_k T_k(M^T) c_k`` by Clenshaw's recurrence: ``K - 1`` propagations for ``K`` terms.
+
+  ``T_0(M^T) c = c``, ``T_1(M^T) c = propagate(s, c)``, ``T_k = 2 M^T T_{k-1} - T_{k-2}``.
+  Clenshaw: ``b_k = c_k + 2 M^T b_{k+1} - b_{k+2}`` for ``k = K-1 .. 1`` (``b_K = b_{K+1} = 0``),
+  result ``c_0 + M^T b_1 - b_2``. Each ``c_k`` can be its own matrix (``x W_k`` in ChebConv),
+  so a layer projects before it propagates.
+
+  Args:
+    s: the structure ``M`` (``L_hat`` in ChebConv, `cheb_norm`).
+    coeffs: ``K >= 1`` arrays ``[n, ...]`` of one shape.
+  Returns:
+    ``[n, ...]``.
+  """
+  if not coeffs:
+    raise ValueError("chebyshev_series: needs at least one coefficient")
+  b1 = b2 = None                                  # b_{k+1}, b_{k+2}
+  for c in coeffs[:0:-1]:                         # c_{K-1} .. c_1
+    b = c
+    if b1 is not None:
+      b = b + 2.0 * propagate(s, b1)
+    if b2 is not None:
+      b = b - b2
+    b1, b2 = b, b1
+  if b1 is None:
+    return coeffs[0]
+  out = coeffs[0] + propagate(s, b1)
+  return out if b2 is None else out - b2
 
 
 # -- attention ----------------------------------------------------------------------------------

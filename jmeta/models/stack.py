@@ -34,6 +34,39 @@ glorot = nn.initializers.xavier_uniform()
 torch_linear = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+def project_first(d_in: int, d_out: int, project: Optional[bool] = None) -> bool:
+  """Whether a layer ``A x W`` (``A`` linear over nodes: a propagation or a mean) computes
+  ``A (x W)`` rather than ``(A x) W``: the same numbers up to rounding, and the edges then carry
+  the narrower matrix. With ``d_in = 2089`` input features and ``d_out = 16`` (Squirrel, layer
+  1), aggregating first moves 130x more floats through the edges. ``project`` (a layer's
+  attribute) forces the order; ``None`` picks ``d_out < d_in``."""
+  return d_out < d_in if project is None else bool(project)
+
+
+class DenseParams(nn.Module):
+  """The parameters of ``nn.Dense(features)``, returned instead of applied.
+
+  Same names (``kernel [d_in, features]``, ``bias [features]``), initialisers, dtype and RNG use
+  as ``nn.Dense``, so checkpoints are interchangeable; a layer that holds the kernel can choose
+  where the product goes (`project_first`).
+
+  Attributes:
+    features: output width. use_bias: create ``bias``. kernel_init: the kernel's initialiser.
+  """
+
+  features: int
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, d_in: int) -> tuple[Array, Optional[Array]]:
+    """``d_in`` -> ``(kernel [d_in, features], bias [features] or None)``."""
+    kernel = self.param("kernel", self.kernel_init, (d_in, self.features), jnp.float32)
+    if not self.use_bias:
+      return kernel, None
+    return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+
+
 class ModelOutput(NamedTuple):
   """Per-layer activations and logits.
 
