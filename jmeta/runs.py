@@ -333,7 +333,12 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
                    "recomputing", file=sys.stderr)
       bar.set_postfix_str(str(c["id"]))
       t0 = time.perf_counter()
-      result = fn(dict(c))
+      try:
+        result = fn(dict(c))
+      except Exception:
+        tqdm.write(f"[jmeta] cell {c['id']} failed ({len(out)} cells before it are stored)",
+                   file=sys.stderr)
+        raise
       if not isinstance(result, Mapping):
         raise TypeError(f"run_grid: fn must return a dict, got {type(result).__name__} for "
                         f"cell {c['id']!r}")

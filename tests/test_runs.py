@@ -92,7 +92,7 @@ def _cells(k=5):
   return [{"id": f"c{i}", "x": i} for i in range(k)]
 
 
-def test_run_grid_resumes_after_exception(tmp_path):
+def test_run_grid_resumes_after_exception(tmp_path, capsys):
   calls = []
 
   def flaky(cell):
@@ -105,6 +105,8 @@ def test_run_grid_resumes_after_exception(tmp_path):
   with pytest.raises(RuntimeError, match="third cell"):
     runs.run_grid(_cells(), flaky, rd, progress=False)
   assert calls == ["c0", "c1", "c2"]
+  # The error names the cell that failed (the exception itself may not).
+  assert "cell c2 failed" in capsys.readouterr().err
   assert sorted(os.listdir(tmp_path / "g/cells")) == ["c0.json", "c1.json"]
   rows = runs.run_grid(_cells(), flaky, rd, progress=False)
   # Across both runs every cell ran exactly once to completion; c2 was retried once.
