@@ -187,8 +187,8 @@ def cs_figure(rows: list[dict], models: list[str], datasets: list[str]):
   """Grouped bars: CS_feat per model for every dataset, ours (solid) and the paper's (hatched)."""
   plt = pyplot()
   by = {(r["model"], r["dataset"]): r for r in rows}
-  fig, axes = plt.subplots(1, len(datasets), figsize=(3.2 * len(datasets) + 1, 3.6),
-                           squeeze=False)
+  fig_width = 3.2 * len(datasets) + 1.8
+  fig, axes = plt.subplots(1, len(datasets), figsize=(fig_width, 3.6), squeeze=False)
   x = np.arange(len(models))
   for ax, d in zip(axes[0], datasets):
     ours, err = bar_values([by[(m, d)] for m in models], "cs_feat")
@@ -199,8 +199,8 @@ def cs_figure(rows: list[dict], models: list[str], datasets: list[str]):
     ax.set_xticklabels(models, rotation=45, ha="right")
     ax.set_title(d)
   axes[0][0].set_ylabel("CS_feat (%)")
-  axes[0][0].legend()
-  fig.tight_layout()
+  fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center right")
+  fig.tight_layout(rect=(0, 0, 1 - 1.0 / fig_width, 1))  # the legend keeps 1 in on the right
   return fig
 
 
