@@ -39,7 +39,7 @@ NAME = "fig5_structure"
 
 SCHEMA = {
     **schema_entries("models", "datasets", "split", "seed", "model", "model_overrides", "train",
-                     "metamer"),
+                     "train_overrides", "metamer"),
     "max_nodes": Range(2, None, integer=True),
     "wl_iterations": Range(1, None, integer=True),
     **schema_entries("synthetic", "cache_dir", "save_metamers"),

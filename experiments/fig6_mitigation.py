@@ -40,8 +40,8 @@ VARIANTS = ("baseline", "elu", "adversarial", "residual")
 SCHEMA = {
     **schema_entries("datasets", "models", required=("datasets", "models")),
     "variants": ListOf(OneOf(*VARIANTS), min_len=1, unique=True),
-    **schema_entries("split", "seed", "model", "model_overrides", "train", "adversarial",
-                     "metamer", "synthetic", "skip", "cache_dir", "save_metamers"),
+    **schema_entries("split", "seed", "model", "model_overrides", "train", "train_overrides",
+                     "adversarial", "metamer", "synthetic", "skip", "cache_dir", "save_metamers"),
 }
 
 DEFAULTS = schema_defaults(SCHEMA, variants=list(VARIANTS))

@@ -27,8 +27,8 @@ EXPERIMENT = "fig7_width"
 SCHEMA = {
     **schema_entries("datasets", "models", required=("datasets", "models")),
     "widths": Required(ListOf(Range(1, None, integer=True), min_len=1, unique=True)),
-    **schema_entries("split", "seed", "model", "model_overrides", "train", "metamer",
-                     "synthetic", "skip", "cache_dir", "save_metamers"),
+    **schema_entries("split", "seed", "model", "model_overrides", "train", "train_overrides",
+                     "metamer", "synthetic", "skip", "cache_dir", "save_metamers"),
 }
 
 DEFAULTS = schema_defaults(SCHEMA)

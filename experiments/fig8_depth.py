@@ -22,8 +22,8 @@ from jmeta.study import (cell_common, check_target_layers, grid_cells, grid_line
 
 EXPERIMENT = "fig8_depth"
 
-SCHEMA = schema_entries("datasets", "models", "layers", "split", "seed", "model",
-                        "model_overrides", "train", "metamer", "synthetic", "skip", "cache_dir",
+SCHEMA = schema_entries("datasets", "models", "layers", "split", "seed", "model", "model_overrides",
+                        "train", "train_overrides", "metamer", "synthetic", "skip", "cache_dir",
                         "save_metamers", required=("datasets", "models", "layers"))
 
 DEFAULTS = schema_defaults(SCHEMA)

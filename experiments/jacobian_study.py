@@ -42,7 +42,7 @@ NAME = "jacobian_study"
 
 SCHEMA = {
     **schema_entries("models", "dataset", "layers", "split", "seed", "model", "model_overrides",
-                     "train"),
+                     "train", "train_overrides"),
     "method": OneOf(*RANK_METHODS),
     "mode": OneOf(*MODES),
     "rtol": Opt(float),

@@ -45,7 +45,7 @@ NAME = "table1"
 
 SCHEMA = {
     **schema_entries("models", "datasets", "split", "seed", "model", "model_overrides", "train",
-                     "metamer"),
+                     "train_overrides", "metamer"),
     "max_nodes": MapOf(OneOf(*MODEL_NAMES), Range(1, None, integer=True)),
     **schema_entries("synthetic", "cache_dir", "save_metamers"),
     "stored_only": bool,

@@ -53,8 +53,8 @@ EXPERIMENT = "table2_transfer"
 SCHEMA = {
     **schema_entries("dataset", "models", required=("dataset", "models")),
     "excluded": MapOf(OneOf(*MODEL_NAMES), str),
-    **schema_entries("split", "seed", "model", "model_overrides", "train", "metamer",
-                     "synthetic", "cache_dir"),
+    **schema_entries("split", "seed", "model", "model_overrides", "train", "train_overrides",
+                     "metamer", "synthetic", "cache_dir"),
     "table1_dir": Opt(str),
 }
 

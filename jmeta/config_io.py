@@ -17,8 +17,9 @@ Schema language (a dict ``key -> spec``; every key is optional unless wrapped in
 * `OneOf`, `ListOf`, `MapOf`, `Optional`, `KwargsOf`, `Required`, `ANY`.
 
 Without a schema, `load_config` still validates the sections it knows by name (``model``,
-``train``, ``metamer``, ``adversarial``, ``model_overrides``), and an override may only set a
-key that the file already has (or a field of one of those dataclass sections).
+``train``, ``metamer``, ``adversarial``, ``model_overrides``, ``train_overrides``), and an
+override may only set a key that the file already has (or a field of one of those dataclass
+sections).
 
 YAML 1.1 (PyYAML) reads ``5e-4`` as a string; the loader here reads it as a float.
 
@@ -350,7 +351,8 @@ def default_sections() -> dict:
   from jmeta.train import AdversarialConfig, TrainConfig
   return {"model": ModelConfig, "train": TrainConfig, "metamer": MetamerConfig,
           "adversarial": AdversarialConfig,
-          "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig)}
+          "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig),
+          "train_overrides": MapOf(OneOf(*MODEL_NAMES), TrainConfig)}
 
 
 def _allowed_without_schema(path: list[str]) -> bool:
@@ -390,7 +392,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
     path: a YAML file holding a mapping (values only).
     overrides: ``"key.sub=value"`` strings; values parsed as YAML.
     schema: the experiment's schema (see the module docstring). Without one, the sections
-      ``model``/``train``/``metamer``/``adversarial``/``model_overrides`` are validated against
+      ``model``/``train``/``metamer``/``adversarial``/``model_overrides``/``train_overrides``
+      are validated against
       their dataclasses and overrides may only set keys the file already has (or fields of those
       sections).
 

@@ -564,10 +564,12 @@ def model_config_from(config: Mapping[str, Any], name: str):
 
 
 def train_config_from(config: Mapping[str, Any], name: str):
-  """The `TrainConfig` of model ``name``: `jmeta.train.default_train_config` with the
-  ``config['train']`` fields (a nested ``adversarial`` mapping becomes an `AdversarialConfig`)."""
+  """The `TrainConfig` of model ``name``: `jmeta.train.default_train_config`, then the shared
+  ``config['train']`` fields, then ``config['train_overrides'][name]`` (a nested
+  ``adversarial`` mapping becomes an `AdversarialConfig`)."""
   from jmeta.train import AdversarialConfig, default_train_config
   kw = dict(config.get("train") or {})
+  kw.update((config.get("train_overrides") or {}).get(name) or {})
   if isinstance(kw.get("adversarial"), Mapping):
     kw["adversarial"] = AdversarialConfig(**kw["adversarial"])
   return default_train_config(name, **kw)

@@ -44,8 +44,8 @@ def schema_entries(*keys: str, required: Sequence[str] = ()) -> dict:
 
   Args:
     keys: among ``models``, ``datasets``, ``dataset``, ``layers``, ``split``, ``seed``, ``model``,
-      ``model_overrides``, ``train``, ``adversarial``, ``metamer``, ``synthetic``, ``skip``,
-      ``cache_dir``, ``save_metamers``.
+      ``model_overrides``, ``train``, ``train_overrides``, ``adversarial``, ``metamer``,
+      ``synthetic``, ``skip``, ``cache_dir``, ``save_metamers``.
     required: the keys of ``keys`` to wrap in `jmeta.config_io.Required`.
 
   Returns:
@@ -61,6 +61,7 @@ def schema_entries(*keys: str, required: Sequence[str] = ()) -> dict:
       "model": ModelConfig,
       "model_overrides": MapOf(OneOf(*MODEL_NAMES), ModelConfig),
       "train": TrainConfig,
+      "train_overrides": MapOf(OneOf(*MODEL_NAMES), TrainConfig),
       "adversarial": AdversarialConfig,
       "metamer": MetamerConfig,
       "synthetic": KwargsOf(csbm),
@@ -82,8 +83,8 @@ def schema_defaults(schema: Mapping[str, Any], **own: Any) -> dict:
   lists) are left out. Returns a new dict.
   """
   shared = {"split": 0, "seed": 0, "model": {}, "model_overrides": {}, "train": {},
-            "adversarial": {}, "metamer": {}, "synthetic": {}, "skip": {}, "cache_dir": None,
-            "save_metamers": False}
+            "train_overrides": {}, "adversarial": {}, "metamer": {}, "synthetic": {}, "skip": {},
+            "cache_dir": None, "save_metamers": False}
   stray = sorted(set(own) - set(schema))
   if stray:
     raise KeyError(f"schema_defaults: {stray} are not keys of the schema")
@@ -137,8 +138,9 @@ def model_config(config: Mapping[str, Any], name: str, **extra: Any) -> ModelCon
 
 
 def train_config(config: Mapping[str, Any], name: str, **extra: Any) -> TrainConfig:
-  """`jmeta.train.default_train_config` of ``name`` with the ``train`` section and ``extra``."""
-  kw = dict(config["train"])
+  """`jmeta.train.default_train_config` of ``name`` with the ``train`` section, the model's
+  ``train_overrides`` entry (if the config has that key) and ``extra`` applied, in that order."""
+  kw = {**config["train"], **(config.get("train_overrides") or {}).get(name, {})}
   if kw.get("adversarial") is not None:
     kw["adversarial"] = AdversarialConfig(**kw["adversarial"])
   kw.update(extra)

@@ -269,6 +269,24 @@ def test_study_schema_and_defaults():
     study.fill_defaults({"datasets": ["cora"]}, {"split": 0}, ("datasets", "models"), "x")
 
 
+def test_study_train_overrides_apply_per_model_and_are_validated():
+  from experiments import fig8_depth
+  config = fig8_depth.resolve({"datasets": ["cora"], "models": ["gcn", "gin"], "layers": [1],
+                               "train": {"epochs": 50},
+                               "train_overrides": {"gin": {"epochs": 400, "patience": 200}}})
+  gin, gcn = study.train_config(config, "gin"), study.train_config(config, "gcn")
+  assert (gin.epochs, gin.patience, gcn.epochs, gcn.patience) == (400, 200, 50, 100)
+  assert study.train_config(config, "gin", epochs=3).epochs == 3  # extra comes last
+  assert fig8_depth.resolve({"datasets": ["cora"], "models": ["gcn"],
+                             "layers": [1]})["train_overrides"] == {}
+  with pytest.raises(config_io.ConfigError, match="train_overrides.gin.epoch"):
+    fig8_depth.resolve({"datasets": ["cora"], "models": ["gin"], "layers": [1],
+                        "train_overrides": {"gin": {"epoch": 400}}})
+  with pytest.raises(config_io.ConfigError, match="train_overrides"):
+    fig8_depth.resolve({"datasets": ["cora"], "models": ["gin"], "layers": [1],
+                        "train_overrides": {"mlp": {"epochs": 400}}})
+
+
 def test_study_grid_cells_results_and_table():
   config = {"datasets": ["cora", "citeseer"], "models": ["gcn", "gat"],
             "skip": {"gat/citeseer": "too big"}}

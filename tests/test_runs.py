@@ -247,6 +247,11 @@ def test_default_model_config_matches_train_benchmark():
                                                            heads=8, dropout=0.6)
   tc = runs.train_config_from(cfg, "gat")
   assert tc.epochs == 7 and tc.learning_rate == 0.005 and tc.adversarial.eps == 0.2
+  # a model's train_overrides entry wins over the shared train section, for that model only
+  cfg["train_overrides"] = {"gin": {"epochs": 400, "patience": 200}}
+  assert runs.train_config_from(cfg, "gin").epochs == 400
+  assert runs.train_config_from(cfg, "gin").patience == 200
+  assert runs.train_config_from(cfg, "gat").epochs == 7
   with pytest.raises(ValueError, match="unknown model"):
     runs.default_model_config("mlp")
 
