@@ -393,9 +393,8 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = (), *,
     overrides: ``"key.sub=value"`` strings; values parsed as YAML.
     schema: the experiment's schema (see the module docstring). Without one, the sections
       ``model``/``train``/``metamer``/``adversarial``/``model_overrides``/``train_overrides``
-      are validated against
-      their dataclasses and overrides may only set keys the file already has (or fields of those
-      sections).
+      are validated against their dataclasses and overrides may only set keys the file already
+      has (or fields of those sections).
 
   Returns:
     The resolved config (a plain dict).
