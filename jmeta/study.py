@@ -17,6 +17,7 @@ cache checkpoints and write the files of the run directory they are given).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -30,7 +31,7 @@ from jmeta.data import DATASETS, csbm
 from jmeta.graph import Graph
 from jmeta.metamers import MetamerConfig, MetamerResult
 from jmeta.models import MODEL_NAMES, ModelConfig
-from jmeta.train import AdversarialConfig, TrainConfig, default_train_config
+from jmeta.train import AdversarialConfig, TrainConfig
 
 METRICS = ("s_feat", "s_match", "cs_feat", "act_one_minus_loss", "act_cosine")
 """Per-seed metrics of feature metamers that the experiments report."""
@@ -131,20 +132,15 @@ def resolve_config(config: Mapping[str, Any], schema: Mapping[str, Any],
 
 
 def model_config(config: Mapping[str, Any], name: str, **extra: Any) -> ModelConfig:
-  """`runs.default_model_config` of ``name`` with the shared ``model`` section, the model's
-  ``model_overrides`` entry and ``extra`` applied, in that order."""
-  kw = {**config["model"], **config["model_overrides"].get(name, {}), **extra}
-  return runs.default_model_config(name, **kw)
+  """`runs.model_config_from` (defaults, the ``model`` section, the model's ``model_overrides``
+  entry) with ``extra`` applied last."""
+  return dataclasses.replace(runs.model_config_from(config, name), **extra)
 
 
 def train_config(config: Mapping[str, Any], name: str, **extra: Any) -> TrainConfig:
-  """`jmeta.train.default_train_config` of ``name`` with the ``train`` section, the model's
-  ``train_overrides`` entry (if the config has that key) and ``extra`` applied, in that order."""
-  kw = {**config["train"], **(config.get("train_overrides") or {}).get(name, {})}
-  if kw.get("adversarial") is not None:
-    kw["adversarial"] = AdversarialConfig(**kw["adversarial"])
-  kw.update(extra)
-  return default_train_config(name, **kw)
+  """`runs.train_config_from` (defaults, the ``train`` section, the model's ``train_overrides``
+  entry) with ``extra`` applied last."""
+  return dataclasses.replace(runs.train_config_from(config, name), **extra)
 
 
 def model_train_configs(config: Mapping[str, Any], name: str) -> dict:
