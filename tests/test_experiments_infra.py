@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+import networkx as nx
 import numpy as np
 import pytest
 
@@ -183,6 +184,13 @@ def test_fig5_structure(done, tmp_path):
     adj = np.zeros_like(adj_ref)
     adj[edges[:, 0], edges[:, 1]] = adj[edges[:, 1], edges[:, 0]] = 1
     assert r["s_struct"][i] == pytest.approx(metrics.wl_similarity(adj_ref, adj, iterations=3))
+  # The chance level: S_struct of one G(n, m) graph per metamer seed, seeds from the config's.
+  chance = [metrics.wl_similarity(adj_ref, nx.to_numpy_array(nx.gnm_random_graph(
+      g.num_nodes, g.num_edges // 2, seed=s), nodelist=range(g.num_nodes)), iterations=3)
+            for s in range(len(res.metamers))]
+  assert r["s_struct_random_mean"] == pytest.approx(np.mean(chance))
+  assert r["s_struct_random_std"] == pytest.approx(np.std(chance))
+  assert "random S_struct" in (d / "table.md").read_text()
   for f in ("table.md", "metrics.csv", "fig5_structure.png", "results.json"):
     assert (d / f).is_file(), f
   # Graphs over max_nodes are skipped with the memory reason, before training.

@@ -195,6 +195,33 @@ def test_wl_bad_input():
     metrics.wl_similarity(np.zeros((0, 0)), np.eye(3))
 
 
+def test_random_graph_like_keeps_size():
+  g = nx.karate_club_graph()  # 34 nodes, 78 edges
+  u, v = np.array(list(g.edges())).T
+  lo, hi = np.minimum(u, v), np.maximum(u, v)
+  one_way = sp.csr_matrix((np.ones(len(u)), (lo, hi)), shape=(34, 34))  # each pair once
+  r = metrics.random_graph_like(one_way, seed=3)
+  chex.assert_shape(r, (34, 34))
+  assert (r != r.T).nnz == 0 and r.diagonal().sum() == 0
+  assert r.nnz == 2 * 78 and set(np.unique(r.data)) == {1}
+  assert (metrics.random_graph_like(one_way, seed=3) != r).nnz == 0  # seeded
+  assert (metrics.random_graph_like(one_way, seed=4) != r).nnz > 0
+
+
+def test_random_graph_similarity_closed_forms():
+  complete = np.ones((7, 7)) - np.eye(7)  # K_7 is the only simple graph with 7 nodes, 21 edges
+  np.testing.assert_allclose(metrics.random_graph_similarity(complete, seeds=range(3)), 1.0)
+  empty = np.zeros((5, 5))  # and the edgeless graph the only one with none
+  np.testing.assert_allclose(metrics.random_graph_similarity(empty, seeds=(0, 1)), 1.0)
+  # A star's hub has no counterpart in a random graph with the same 12 edges.
+  star = nx.to_numpy_array(nx.star_graph(12))
+  chance = metrics.random_graph_similarity(star, seeds=range(4), iterations=1)
+  chex.assert_shape(chance, (4,))
+  assert np.all(chance < 0.9) and np.all(chance > 0.0)
+  with pytest.raises(ValueError, match="NaN"):
+    metrics.random_graph_similarity(np.full((3, 3), np.nan))
+
+
 def test_wl_fast_on_pubmed_sized_graphs():
   """Two graphs of PubMed's size (19717 nodes, 44324 edges) in well under a second."""
   a = nx.to_scipy_sparse_array(nx.barabasi_albert_graph(19717, 2, seed=0), format="csr")
