@@ -13,7 +13,7 @@ Weisfeiler-Lehman kernel (`wl_kernel`, `wl_similarity`) runs on the host with nu
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -301,7 +301,6 @@ def wl_similarity(adj_a: AdjacencyLike, adj_b: AdjacencyLike, iterations: int = 
   return wl_kernel(adj_a, adj_b, iterations, normalize=True)
 
 
-
 def random_graph_like(adj: AdjacencyLike, seed: int) -> sp.csr_matrix:
   """A uniformly random simple graph of ``adj``'s size: ``n`` nodes, ``m`` undirected edges.
 
@@ -319,7 +318,8 @@ def random_graph_like(adj: AdjacencyLike, seed: int) -> sp.csr_matrix:
   return sp.csr_matrix(nx.to_scipy_sparse_array(g, nodelist=range(n), format="csr"))
 
 
-def random_graph_similarity(adj: AdjacencyLike, seeds=(0,), iterations: int = 3) -> np.ndarray:
+def random_graph_similarity(adj: AdjacencyLike, seeds: Sequence[int] = (0,),
+                            iterations: int = 3) -> np.ndarray:
   """S_struct of `random_graph_like` graphs against ``adj``: the chance level of `wl_similarity`.
 
   What a structure metamer scores with nothing of the graph matched but its edge count. With
@@ -332,6 +332,7 @@ def random_graph_similarity(adj: AdjacencyLike, seeds=(0,), iterations: int = 3)
   a = _to_csr(adj, "adj")
   return np.array([wl_similarity(a, random_graph_like(a, s), iterations) for s in seeds],
                   np.float64)
+
 
 # -- the paper's score bundles ---------------------------------------------------------------------
 
