@@ -10,11 +10,14 @@
 * `trained_model`: trains a model once per (model config, dataset, split, train config, graph
   contents) and caches the checkpoint under ``results/checkpoints/<name>-<hash>``; later calls
   load it.
+* `cached_feature_metamers`: synthesises a model's feature metamers once per (metamer config,
+  seed, graph contents) and caches them beside its checkpoint, so that experiments sharing a
+  cell compute it once.
 
-The contract is ``notes/RUNS_API.md``; this module adds `default_model_config` (the per-model
-hyperparameters of ``benchmarks/train_accuracy.py``), `load_graph`, `graph_fingerprint`,
-`model_cache_key`, `versions`, `to_jsonable` and the repository paths `repo_root`,
-`configs_dir`, `experiments_dir`.
+The module also has `default_model_config` (the per-model hyperparameters of
+``benchmarks/train_accuracy.py``), `load_graph`, `graph_fingerprint`, `model_cache_key`,
+`versions`, `to_jsonable` and the repository paths `repo_root`, `configs_dir`,
+`experiments_dir`.
 
 Example:
   >>> rd = RunDir("results/demo")
@@ -555,6 +558,63 @@ def trained_model(model_config, dataset: str, train_config=None, *,
   return TrainedModel(model, res.params, graph, dict(metrics, checkpoint=path, cached=False))
 
 
+METAMER_CACHE_FORMAT = 1
+
+
+def metamer_cache_path(tm: TrainedModel, graph, config, seed: int) -> Optional[str]:
+  """Where `cached_feature_metamers` keeps the feature metamers of ``tm`` on ``graph`` with
+  `MetamerConfig` ``config`` and PRNG seed ``seed``: ``<checkpoint>/metamers/L<layer>-<16 hex>``
+  (no extension), the hash covering ``config`` (fields at their default left out, as in
+  `model_cache_key`), ``seed`` and `graph_fingerprint`. ``None`` when ``tm`` has no checkpoint
+  directory."""
+  checkpoint = tm.metrics.get("checkpoint")
+  if not checkpoint:
+    return None
+  payload = {"format": METAMER_CACHE_FORMAT, "kind": "feature", "seed": int(seed),
+             "graph": graph_fingerprint(graph),
+             "metamer": without_defaults(to_jsonable(config), field_defaults(type(config)))}
+  digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+  return os.path.join(checkpoint, "metamers", f"L{config.layer}-{digest}")
+
+
+def cached_feature_metamers(tm: TrainedModel, graph, config, seed: int, *, progress: bool = True,
+                            snapshot: Optional[str] = None):
+  """`jmeta.metamers.feature_metamers` of the trained model ``tm`` on ``graph`` (key
+  ``jax.random.key(seed)``), computed once per (model, graph, config, seed) and cached beside
+  the model's checkpoint (`metamer_cache_path`), so that experiments sharing a cell (Table 1's
+  cells and Figure 6's baselines, say) synthesise it once.
+
+  A cached result comes back with ``info['cached']`` set to its path (its timings are those of
+  the run that computed it); a computed one has ``info['cached'] = None``. A damaged or
+  mismatched cache entry is recomputed with a warning. ``snapshot`` is passed on (resumable
+  loop state).
+  """
+  import warnings
+  import zipfile
+
+  import jax
+
+  from jmeta import metamers
+
+  path = metamer_cache_path(tm, graph, config, seed)
+  if path is not None and os.path.isfile(path + ".json"):
+    try:
+      res = metamers.MetamerResult.load(path)
+      if res.config != config or res.kind != "feature":
+        raise ValueError(f"it holds {res.kind} metamers of another config ({res.config})")
+      res.info["cached"] = path
+      return res
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      warnings.warn(f"cached metamers {path} unusable ({e}); recomputing them")
+  res = metamers.feature_metamers(tm.model, tm.params, graph, jax.random.key(seed), config,
+                                  progress=progress, snapshot=snapshot)
+  if path is not None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    res.save(path)
+  res.info["cached"] = None
+  return res
+
+
 def model_config_from(config: Mapping[str, Any], name: str):
   """The `ModelConfig` of model ``name`` in an experiment config: `default_model_config`, then
   the shared ``config['model']`` fields, then ``config['model_overrides'][name]``."""
@@ -589,6 +649,7 @@ def metamer_metrics(result) -> dict:
            for row in losses.reshape(losses.shape[0], -1)]
   out["final_loss"] = final
   out["steps_taken"] = np.asarray(result.steps).tolist()
+  out["metamers_cached"] = result.info.get("cached")
   for k in ("compile_seconds", "run_seconds", "seed_steps_per_second"):
     if k in result.info:
       out[k] = float(result.info[k])

@@ -21,10 +21,9 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
-from jmeta import config_io, metamers, runs
+from jmeta import config_io, runs
 from jmeta.cli import experiment_main
 from jmeta.config_io import KwargsOf, ListOf, MapOf, OneOf, Optional as Opt, Range, Required
 from jmeta.data import DATASETS, csbm
@@ -232,12 +231,12 @@ def snapshot_path(run_dir: Optional[runs.RunDir], cell_id: str) -> Optional[str]
 def cell_feature_metamers(tm: runs.TrainedModel, graph: Graph, metamer: Mapping[str, Any],
                           seed: int, *, progress: bool,
                           snapshot: Optional[str] = None) -> MetamerResult:
-  """`jmeta.metamers.feature_metamers` of the trained model ``tm`` on ``graph``; ``metamer``
-  holds the `MetamerConfig` fields, ``seed`` seeds the PRNG key, ``snapshot`` is the file of
-  the resumable loop state (see `snapshot_path`)."""
-  return metamers.feature_metamers(tm.model, tm.params, graph, jax.random.key(seed),
-                                   MetamerConfig.from_dict(metamer), progress=progress,
-                                   snapshot=snapshot)
+  """`jmeta.metamers.feature_metamers` of the trained model ``tm`` on ``graph``, once per
+  model, graph, config and seed (`runs.cached_feature_metamers`); ``metamer`` holds the
+  `MetamerConfig` fields, ``seed`` seeds the PRNG key, ``snapshot`` is the file of the
+  resumable loop state (see `snapshot_path`)."""
+  return runs.cached_feature_metamers(tm, graph, MetamerConfig.from_dict(metamer), seed,
+                                      progress=progress, snapshot=snapshot)
 
 
 def seed_metrics(res: MetamerResult, keys: Sequence[str] = METRICS) -> dict:
@@ -272,7 +271,8 @@ def metamer_cell(cell: Mapping[str, Any], config: Mapping[str, Any],
       model_test_acc=float(tm.metrics["test"]), model_val_acc=float(tm.metrics["val"]),
       train_seconds=tm.metrics.get("train_seconds"), model_cached=bool(tm.metrics["cached"]),
       metamer_compile_seconds=float(res.info["compile_seconds"]),
-      metamer_run_seconds=float(res.info["run_seconds"]))
+      metamer_run_seconds=float(res.info["run_seconds"]),
+      metamers_cached=res.info.get("cached"))
   return out
 
 

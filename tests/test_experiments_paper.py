@@ -125,6 +125,35 @@ def test_fig6_quick_end_to_end(tmp_path, cache_dir):
   assert stamps == {n: os.stat(out / "cells" / n).st_mtime_ns for n in os.listdir(out / "cells")}
 
 
+def test_fig6_baseline_reuses_the_table1_cells_metamers(tmp_path, monkeypatch):
+  """A Figure 6 baseline cell with Table 1's configs loads the metamers Table 1 synthesised
+  (cached beside the shared checkpoint): no metamer run, the same per-seed numbers."""
+  import jmeta.metamers
+
+  mod, t1 = load_experiment("fig6_mitigation"), load_experiment("table1")
+  config = quick_config(mod, "fig6_mitigation", tmp_path / "ck", "models=[gcn]",
+                        "variants=[baseline, elu]")
+  shared = {k: config[k] for k in ("split", "seed", "model", "train", "metamer", "synthetic",
+                                   "cache_dir", "datasets")}
+  t1.run({**shared, "models": ["gcn"]}, str(tmp_path / "t1"), progress=False)
+  real, calls = jmeta.metamers.feature_metamers, []
+  monkeypatch.setattr(jmeta.metamers, "feature_metamers",
+                      lambda *a, **k: calls.append(1) or real(*a, **k))
+  mod.run(config, str(tmp_path / "fig6"), progress=False)
+  assert len(calls) == 1  # the ELU variant only
+
+  ds = config["datasets"][0]
+  t1_cell = json.loads((tmp_path / "t1" / "cells" / f"gcn-{ds}.json").read_text())["result"]
+  cells = {v: json.loads((tmp_path / "fig6" / "cells" / f"{ds}-gcn-{v}.json").read_text())
+           for v in ("baseline", "elu")}
+  base = cells["baseline"]["result"]
+  assert t1_cell["metamers_cached"] is None and cells["elu"]["result"]["metamers_cached"] is None
+  assert base["metamers_cached"].startswith(str(tmp_path / "ck"))
+  for k in ("s_feat", "s_match", "cs_feat"):
+    assert base[k] == t1_cell[k]
+  assert base["model_test_acc"] == t1_cell["test_acc"]
+
+
 def test_fig6_graphormer_residual_is_its_baseline_and_skips():
   mod = load_experiment("fig6_mitigation")
   config = mod.resolve({"datasets": ["cora", "pubmed"], "models": ["gcn", "graphormer"],

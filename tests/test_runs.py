@@ -339,6 +339,66 @@ def test_damaged_checkpoint_is_retrained(tmp_path, graph):
   assert met3["cached"]
 
 
+# -- cached_feature_metamers ------------------------------------------------------------------------
+
+
+def test_feature_metamers_are_cached_beside_the_model(tmp_path, graph, monkeypatch):
+  """The first call computes and stores; an equal call loads the same arrays without a metamer
+  run; another seed or config computes anew. The stored result equals a direct
+  `feature_metamers` call (an independent computation)."""
+  import jmeta.metamers
+  from jmeta.metamers import MetamerConfig
+
+  tm = runs.trained_model(runs.default_model_config("gcn"), "synthetic",
+                          train.default_train_config("gcn", **TRAIN), graph=graph,
+                          cache_dir=str(tmp_path / "ck"), progress=False)
+  mc = MetamerConfig(layer=1, steps=12, num_seeds=2, chunk=6)
+  real, calls = jmeta.metamers.feature_metamers, []
+  monkeypatch.setattr(jmeta.metamers, "feature_metamers",
+                      lambda *a, **k: calls.append(1) or real(*a, **k))
+
+  first = runs.cached_feature_metamers(tm, graph, mc, 3, progress=False)
+  again = runs.cached_feature_metamers(tm, graph, MetamerConfig(**mc.to_dict()), 3,
+                                       progress=False)
+  assert len(calls) == 1 and first.info["cached"] is None
+  path = runs.metamer_cache_path(tm, graph, mc, 3)
+  assert again.info["cached"] == path and path.startswith(tm.metrics["checkpoint"])
+  direct = real(tm.model, tm.params, graph, jax.random.key(3), mc, progress=False)
+  for res in (first, again):
+    np.testing.assert_array_equal(res.metamers, direct.metamers)
+    np.testing.assert_array_equal(res.losses, direct.losses)
+    chex.assert_trees_all_equal(res.metrics, direct.metrics)
+  assert again.config == mc
+
+  runs.cached_feature_metamers(tm, graph, mc, 4, progress=False)
+  runs.cached_feature_metamers(tm, graph, dataclasses.replace(mc, steps=13), 3, progress=False)
+  assert len(calls) == 3
+  other_graph = jmeta.data.load("synthetic", **{**SYNTH, "seed": 1})
+  paths = {runs.metamer_cache_path(tm, g, c, s) for g, c, s in
+           ((graph, mc, 3), (graph, mc, 4), (graph, dataclasses.replace(mc, steps=13), 3),
+            (other_graph, mc, 3))}
+  assert len(paths) == 4
+  assert runs.metamer_cache_path(tm._replace(metrics={}), graph, mc, 3) is None
+
+
+def test_damaged_cached_metamers_are_recomputed(tmp_path, graph):
+  from jmeta.metamers import MetamerConfig
+
+  tm = runs.trained_model(runs.default_model_config("gcn"), "synthetic",
+                          train.default_train_config("gcn", **TRAIN), graph=graph,
+                          cache_dir=str(tmp_path / "ck"), progress=False)
+  mc = MetamerConfig(layer=1, steps=8, num_seeds=2, chunk=4)
+  first = runs.cached_feature_metamers(tm, graph, mc, 0, progress=False)
+  path = runs.metamer_cache_path(tm, graph, mc, 0)
+  with open(path + ".npz", "wb") as f:
+    f.write(b"not a zip")
+  with pytest.warns(UserWarning, match="unusable"):
+    second = runs.cached_feature_metamers(tm, graph, mc, 0, progress=False)
+  assert second.info["cached"] is None
+  np.testing.assert_array_equal(second.metamers, first.metamers)
+  assert runs.cached_feature_metamers(tm, graph, mc, 0, progress=False).info["cached"] == path
+
+
 def test_atomic_write_file_mode(tmp_path):
   p = tmp_path / "f.json"
   runs.atomic_write_text(p, "{}")
