@@ -40,13 +40,18 @@ import platform
 import re
 import sys
 import time
+import warnings
+import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from jmeta.io import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:  # for hints only; the functions import jmeta.metamers when called
+  from jmeta.metamers import MetamerConfig, MetamerResult
 
 CELL_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+-]*$")
 CACHE_FORMAT = 2
@@ -561,7 +566,8 @@ def trained_model(model_config, dataset: str, train_config=None, *,
 METAMER_CACHE_FORMAT = 1
 
 
-def metamer_cache_path(tm: TrainedModel, graph, config, seed: int) -> Optional[str]:
+def metamer_cache_path(tm: TrainedModel, graph, config: MetamerConfig,
+                       seed: int) -> Optional[str]:
   """Where `cached_feature_metamers` keeps the feature metamers of ``tm`` on ``graph`` with
   `MetamerConfig` ``config`` and PRNG seed ``seed``: ``<checkpoint>/metamers/L<layer>-<16 hex>``
   (no extension), the hash covering ``config`` (fields at their default left out, as in
@@ -577,8 +583,9 @@ def metamer_cache_path(tm: TrainedModel, graph, config, seed: int) -> Optional[s
   return os.path.join(checkpoint, "metamers", f"L{config.layer}-{digest}")
 
 
-def cached_feature_metamers(tm: TrainedModel, graph, config, seed: int, *, progress: bool = True,
-                            snapshot: Optional[str] = None):
+def cached_feature_metamers(tm: TrainedModel, graph, config: MetamerConfig, seed: int, *,
+                            progress: bool = True,
+                            snapshot: Optional[str] = None) -> MetamerResult:
   """`jmeta.metamers.feature_metamers` of the trained model ``tm`` on ``graph`` (key
   ``jax.random.key(seed)``), computed once per (model, graph, config, seed) and cached beside
   the model's checkpoint (`metamer_cache_path`), so that experiments sharing a cell (Table 1's
@@ -589,9 +596,6 @@ def cached_feature_metamers(tm: TrainedModel, graph, config, seed: int, *, progr
   mismatched cache entry is recomputed with a warning. ``snapshot`` is passed on (resumable
   loop state).
   """
-  import warnings
-  import zipfile
-
   import jax
 
   from jmeta import metamers
