@@ -469,6 +469,11 @@ def _as_model_config(model_config):
                    f"{type(model_config).__name__}")
 
 
+def _digest(payload: Mapping[str, Any]) -> str:
+  """First 16 hex digits of the sha256 of ``payload`` as sorted-key JSON (the cache keys)."""
+  return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def model_cache_key(model_config, dataset: str, split: int, train_config, graph) -> str:
   """``<model>-<dataset>-s<split>-<16 hex>``: the hash covers the resolved model config, dataset
   name, split, resolved train config and `graph_fingerprint`. Config fields at their dataclass
@@ -477,7 +482,7 @@ def model_cache_key(model_config, dataset: str, split: int, train_config, graph)
              "graph": graph_fingerprint(graph)}
   for k, c in (("model", model_config), ("train", train_config)):
     payload[k] = without_defaults(to_jsonable(c), field_defaults(type(c)))
-  digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+  digest = _digest(payload)
   return f"{model_config.name}-{str(dataset).lower()}-s{int(split)}-{digest}"
 
 
@@ -579,7 +584,7 @@ def metamer_cache_path(tm: TrainedModel, graph, config: MetamerConfig,
   payload = {"format": METAMER_CACHE_FORMAT, "kind": "feature", "seed": int(seed),
              "graph": graph_fingerprint(graph),
              "metamer": without_defaults(to_jsonable(config), field_defaults(type(config)))}
-  digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+  digest = _digest(payload)
   return os.path.join(checkpoint, "metamers", f"L{config.layer}-{digest}")
 
 
