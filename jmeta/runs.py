@@ -139,8 +139,21 @@ def dumps(obj: Any) -> str:
   return json.dumps(to_jsonable(obj), indent=2) + "\n"
 
 
+def cpu_model() -> str:
+  """The CPU's model name (``/proc/cpuinfo`` on Linux, else `platform.processor`)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
 def versions() -> dict:
-  """Versions of python, jax, jaxlib, flax, optax, numpy and jmeta, and the JAX backend."""
+  """Versions of python, jax, jaxlib, flax, optax, numpy and jmeta, the JAX backend, the
+  platform and the CPU model: what a float result may depend on besides the code."""
   import flax
   import jax
   import jaxlib
@@ -150,7 +163,8 @@ def versions() -> dict:
   return {"python": platform.python_version(), "jax": jax.__version__,
           "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__,
           "numpy": np.__version__, "jmeta": jmeta.__version__,
-          "backend": jax.default_backend(), "platform": platform.platform()}
+          "backend": jax.default_backend(), "platform": platform.platform(),
+          "cpu": cpu_model()}
 
 
 # -- results directory -----------------------------------------------------------------------------
@@ -290,7 +304,7 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
   """Runs ``fn(cell)`` for every cell, resumably.
 
   A finished cell's result is written atomically to ``run_dir.cell_path(cell['id'])`` together
-  with the cell itself; a rerun loads it instead of calling ``fn`` again. A stored cell whose
+  with the cell itself and the `versions` it was computed with; a rerun loads it instead of calling ``fn`` again. A stored cell whose
   recorded cell dict differs from the current one (the config changed) is recomputed. An
   exception (or ``KeyboardInterrupt``) in one cell propagates after the cells finished before it
   have been saved, so rerunning the grid repeats nothing that completed. With ``defaults``, the
@@ -322,6 +336,7 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
   if dup:
     raise ValueError(f"duplicate cell ids: {dup}")
   out = []
+  env = versions() if compute else None
   bar = tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress)
   try:
     for c in cells:
@@ -352,7 +367,7 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
                         f"cell {c['id']!r}")
       result = to_jsonable(dict(result))
       atomic_write_text(path, dumps({"id": c["id"], "cell": cell, "result": result,
-                                     "seconds": time.perf_counter() - t0}))
+                                     "seconds": time.perf_counter() - t0, "versions": env}))
       out.append({**dict(c), **result})
       bar.update(1)
   finally:

@@ -148,6 +148,21 @@ def test_run_grid_recomputes_a_cell_whose_config_changed(tmp_path):
   assert seen == ["c1"] and [r["y"] for r in rows] == [0, 100, 2]
 
 
+def test_run_grid_records_the_versions_each_cell_was_computed_with(tmp_path, monkeypatch):
+  rd = runs.RunDir(tmp_path / "g")
+  runs.run_grid(_cells(1), lambda c: {"y": c["x"]}, rd, progress=False)
+  rec = json.loads(open(rd.cell_path("c0")).read())
+  assert rec["versions"] == runs.versions()
+  assert rec["versions"]["jax"] == jax.__version__
+  if os.path.isfile("/proc/cpuinfo"):  # the CPU's model name, as the kernel reports it
+    assert f"model name\t: {rec['versions']['cpu']}\n" in open("/proc/cpuinfo").read()
+  # A cell added later records its own run's versions; the stored one keeps its own.
+  monkeypatch.setattr(runs, "versions", lambda: {"jax": "other"})
+  runs.run_grid(_cells(2), lambda c: {"y": c["x"]}, rd, progress=False)
+  assert json.loads(open(rd.cell_path("c1")).read())["versions"] == {"jax": "other"}
+  assert json.loads(open(rd.cell_path("c0")).read())["versions"]["jax"] == jax.__version__
+
+
 def test_run_grid_ignores_a_damaged_cell_file(tmp_path):
   rd = runs.RunDir(tmp_path / "g")
   runs.run_grid(_cells(2), lambda c: {"y": c["x"]}, rd, progress=False)
