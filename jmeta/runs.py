@@ -304,12 +304,13 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
   """Runs ``fn(cell)`` for every cell, resumably.
 
   A finished cell's result is written atomically to ``run_dir.cell_path(cell['id'])`` together
-  with the cell itself and the `versions` it was computed with; a rerun loads it instead of calling ``fn`` again. A stored cell whose
-  recorded cell dict differs from the current one (the config changed) is recomputed. An
-  exception (or ``KeyboardInterrupt``) in one cell propagates after the cells finished before it
-  have been saved, so rerunning the grid repeats nothing that completed. With ``defaults``, the
-  stored and current cells are compared `without_defaults`: a cell stored before a config field
-  with a default existed still counts as finished while that field keeps its default.
+  with the cell itself and the `versions` it was computed with; a rerun loads it instead of
+  calling ``fn`` again. A stored cell whose recorded cell dict differs from the current one (the
+  config changed) is recomputed. An exception (or ``KeyboardInterrupt``) in one cell propagates
+  after the cells finished before it have been saved, so rerunning the grid repeats nothing that
+  completed. With ``defaults``, the stored and current cells are compared `without_defaults`: a
+  cell stored before a config field with a default existed still counts as finished while that
+  field keeps its default.
 
   Args:
     cells: dicts, each with a unique string ``'id'`` (letters, digits, ``_.,=+-``) and any
