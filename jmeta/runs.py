@@ -337,7 +337,7 @@ def run_grid(cells: Sequence[Mapping[str, Any]], fn: Callable[[dict], Mapping[st
   if dup:
     raise ValueError(f"duplicate cell ids: {dup}")
   out = []
-  env = versions() if compute else None
+  env = versions()
   bar = tqdm(total=len(cells), desc=desc, unit="cell", disable=not progress)
   try:
     for c in cells:
