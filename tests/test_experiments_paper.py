@@ -169,6 +169,17 @@ def test_fig6_graphormer_residual_is_its_baseline_and_skips():
   merged = {r["id"]: r for r in mod.merge_results(config, done, other)}
   assert merged["cora-graphormer-residual"]["cs_feat"] == [0.25, 0.75]
   assert merged["cora-graphormer-residual"]["variant"] == "residual"
+  # Alone, the residual cell is computed as the baseline (same checkpoint and metamer cache).
+  alone = mod.resolve({"datasets": ["cora"], "models": ["graphormer", "gcn"],
+                       "variants": ["residual"]})
+  todo, other = mod.make_cells(alone)
+  cells = {c["id"]: c for c in todo}
+  assert other == [] and set(cells) == {"cora-graphormer-residual", "cora-gcn-residual"}
+  base_mc, base_tc = mod.variant_configs(alone, "graphormer", "baseline")
+  assert cells["cora-graphormer-residual"]["model_config"] == base_mc.to_dict()
+  assert cells["cora-graphormer-residual"]["train_config"] == base_tc.to_dict()
+  assert cells["cora-graphormer-residual"]["variant"] == "residual"
+  assert cells["cora-gcn-residual"]["model_config"]["residual"] is True
   with pytest.raises(config_io.ConfigError, match="skip.gcn"):
     mod.resolve({"datasets": ["cora"], "models": ["gcn"], "skip": {"gcn": "x"}})
   with pytest.raises(config_io.ConfigError, match="variants"):
